@@ -1,0 +1,149 @@
+"""The Beamline resource: a long-lived worker, its plans, devices and Kafka destination."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from .common import ApiModel, Condition
+
+KIND = "Beamline"
+PLURAL = "beamlines"
+SINGULAR = "beamline"
+SHORT_NAMES = ["bl"]
+
+# Condition types on a Beamline.
+WORKER_READY = "WorkerReady"
+PLANS_LOADED = "PlansLoaded"
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, description="Name of a Secret in the Beamline's namespace.")
+    key: str = Field(default="token", min_length=1, description="Key in the Secret's data.")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, description="Environment variable name.")
+    value: str = Field(default="", description="Environment variable value.")
+
+
+class WorkerSpec(ApiModel):
+    """How the beamline's worker runs: a Deployment the operator manages, or an external endpoint."""
+
+    image: str | None = Field(
+        default=None, description="Worker container image; defaults to the operator's configured image."
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Container resources (requests/limits) of the worker, as in a Pod spec."
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the worker.")
+    service_account_name: str | None = Field(
+        default=None,
+        description="ServiceAccount the worker runs as; default one the operator creates with least privilege.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description=(
+            "URL of an externally run worker (e.g. on a beamline host). When set the operator creates no "
+            "Deployment and dispatches to this URL."
+        ),
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding the worker API token. Required with endpoint; for an in-cluster worker the "
+            "operator generates one."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_needs_token(self) -> WorkerSpec:
+        if self.endpoint and self.token_secret_ref is None:
+            raise ValueError("worker.tokenSecretRef is required when worker.endpoint is set")
+        return self
+
+
+class ConfigMapRef(ApiModel):
+    name: str = Field(min_length=1, description="Name of a ConfigMap in the Beamline's namespace.")
+
+
+class PlanSources(ApiModel):
+    config_maps: list[ConfigMapRef] = Field(
+        default_factory=list, description="ConfigMaps whose .py keys are plan modules (hot-reloaded)."
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Installed Python modules whose public plans are exposed, e.g. bluesky.plans.",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="If set, only these plan names are exposed from the installed modules.",
+    )
+
+
+class DeviceSources(ApiModel):
+    config_maps: list[ConfigMapRef] = Field(
+        default_factory=list, description="ConfigMaps whose .py keys are device modules (loaded at start)."
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Installed modules with device factory functions (functions returning ophyd-async devices).",
+    )
+
+
+class KafkaSpec(ApiModel):
+    bootstrap_servers: str = Field(
+        min_length=1, description="Kafka bootstrap servers, host:port[,host:port]."
+    )
+    topic: str | None = Field(
+        default=None,
+        description="Topic for the documents; default <beamline>.bluesky.runengine.documents.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Secret with keys username/password (SASL) and optionally ca.crt for TLS.",
+    )
+
+
+class BeamlineSpec(ApiModel):
+    """Desired state of a beamline's worker."""
+
+    worker: WorkerSpec = Field(default_factory=WorkerSpec, description="Where and how the worker runs.")
+    plans: PlanSources = Field(default_factory=PlanSources, description="Plan modules the worker serves.")
+    devices: DeviceSources = Field(
+        default_factory=DeviceSources, description="Device modules the worker builds and connects at start."
+    )
+    kafka: KafkaSpec | None = Field(default=None, description="Where documents are published.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Metadata merged into every start document of this beamline."
+    )
+    suspend: bool = Field(
+        default=False, description="When true the queue is held: nothing new is dispatched."
+    )
+
+
+class PlanInfo(ApiModel):
+    name: str = Field(description="Plan name, as used in PlanRun spec.plan.")
+    description: str = Field(default="", description="First paragraph of the plan's docstring.")
+    module: str | None = Field(default=None, description="Module the plan comes from.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="JSON schema of the plan's parameters."
+    )
+
+
+class BeamlineStatus(ApiModel):
+    phase: str | None = Field(default=None, description="Ready, Progressing, Degraded or Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="WorkerReady and PlansLoaded conditions."
+    )
+    endpoint: str | None = Field(default=None, description="URL the operator reaches the worker at.")
+    plans: list[PlanInfo] = Field(default_factory=list, description="Plan catalogue the worker serves.")
+    plan_count: int | None = Field(default=None, description="Number of plans served.")
+    plan_set_hash: str | None = Field(default=None, description="Hash of the plan sources being served.")
+    plan_set_changed: datetime | None = Field(default=None, description="When planSetHash last changed.")
+    current_run: str | None = Field(default=None, description="Name of the PlanRun running now.")
+    queue_length: int | None = Field(default=None, description="PlanRuns waiting on this beamline.")
+    observed_generation: int | None = Field(default=None, description="Last .metadata.generation acted on.")

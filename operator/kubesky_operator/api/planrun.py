@@ -1,0 +1,162 @@
+"""The PlanRun resource: one execution of one bluesky plan on one beamline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from .common import ApiModel, Condition
+
+KIND = "PlanRun"
+PLURAL = "planruns"
+SINGULAR = "planrun"
+SHORT_NAMES = ["pr"]
+
+
+class PlanRunState(StrEnum):
+    """What the user wants of the run; the only spec field that may change after creation."""
+
+    RUN = "Run"
+    PAUSE = "Pause"
+    STOP = "Stop"
+    ABORT = "Abort"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    DISPATCHED = "Dispatched"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+    ABORTED = "Aborted"
+    REJECTED = "Rejected"
+    CANCELLED = "Cancelled"
+
+
+TERMINAL_PHASES = frozenset(
+    {Phase.SUCCEEDED, Phase.FAILED, Phase.STOPPED, Phase.ABORTED, Phase.REJECTED, Phase.CANCELLED}
+)
+ACTIVE_PHASES = frozenset({Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED})
+
+# Phases only move forward; Running and Paused share a rank so they may alternate.
+_RANK = {
+    Phase.PENDING: 0,
+    Phase.QUEUED: 1,
+    Phase.DISPATCHED: 2,
+    Phase.RUNNING: 3,
+    Phase.PAUSED: 3,
+}
+
+
+def phase_rank(phase: Phase | str | None) -> int:
+    if phase is None:
+        return -1
+    p = Phase(phase)
+    return 9 if p in TERMINAL_PHASES else _RANK[p]
+
+
+def may_transition(old: Phase | str | None, new: Phase | str) -> bool:
+    """True when moving from `old` to `new` keeps the rule: terminal never changes, never backwards."""
+    if old is not None and Phase(old) in TERMINAL_PHASES:
+        return Phase(old) == Phase(new)
+    return phase_rank(new) >= phase_rank(old)
+
+
+class PlanRunSpec(ApiModel):
+    """What to run: a plan of a beamline with its parameters."""
+
+    beamline: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the Beamline, in the same namespace, whose worker runs this plan.",
+    )
+    plan: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the plan, as listed in the Beamline's status.plans (a Python identifier).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Keyword arguments of the plan. Free-form here; the worker validates them against the plan's "
+            "signature (see Beamline status.plans[].parameters) and rejects the run naming the bad field. "
+            "Parameters typed as devices take device names."
+        ),
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Metadata merged into the start document of every run the plan opens.",
+    )
+    priority: int = Field(
+        default=0,
+        description="Queue priority on the beamline: higher runs first; equal priorities run in creation order.",
+    )
+    state: PlanRunState = Field(
+        default=PlanRunState.RUN,
+        description=(
+            "Desired state: Run (default), Pause (pause at the next checkpoint; Run resumes), Stop (end "
+            "cleanly, exit_status success) or Abort (end at once, exit_status abort). Stop or Abort of a run "
+            "that has not been dispatched cancels it."
+        ),
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Abort the run if it has been running longer than this many seconds.",
+    )
+
+
+class Progress(ApiModel):
+    done: int = Field(ge=0, description="Events emitted so far in the primary stream.")
+    total: int | None = Field(default=None, ge=0, description="Expected events (start document num_points).")
+    text: str = Field(description='Printable progress, e.g. "37/100".')
+
+
+class KafkaRange(ApiModel):
+    topic: str = Field(description="Kafka topic the run's documents were published to.")
+    partition: int | None = Field(
+        default=None, description="Partition of the documents (keyed by start uid)."
+    )
+    first_offset: int | None = Field(default=None, description="Offset of the first document of the run.")
+    last_offset: int | None = Field(default=None, description="Offset of the last document of the run.")
+    partitions: dict[str, list[int]] | None = Field(
+        default=None,
+        description="Offset range [first, last] per partition when the plan opened runs on several partitions.",
+    )
+
+
+class PlanRunStatus(ApiModel):
+    """Observed state of the PlanRun, written by the operator up to Dispatched and by the worker after."""
+
+    phase: Phase | None = Field(default=None, description="Lifecycle phase; terminal phases never change.")
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-style conditions.")
+    queue_position: int | None = Field(
+        default=None, description="1-based position in the beamline's queue while Queued."
+    )
+    start_time: datetime | None = Field(default=None, description="When the worker started the plan.")
+    completion_time: datetime | None = Field(
+        default=None, description="When the run reached a terminal phase."
+    )
+    run_uids: list[str] = Field(
+        default_factory=list, description="bluesky start-document uids; one plan may open several runs."
+    )
+    documents: dict[str, int] = Field(
+        default_factory=dict, description="Number of documents published, by document name."
+    )
+    progress: Progress | None = Field(default=None, description="Events done out of expected.")
+    exit_status: str | None = Field(
+        default=None, description="exit_status of the last stop document: success, fail or abort."
+    )
+    reason: str | None = Field(default=None, description="CamelCase reason of the current phase.")
+    message: str | None = Field(default=None, description="Human-readable explanation of the current phase.")
+    worker: str | None = Field(default=None, description="The worker (pod or endpoint) that ran the plan.")
+    plan_set_hash: str | None = Field(default=None, description="Hash of the plan sources the run used.")
+    kafka: KafkaRange | None = Field(default=None, description="Where the run's documents are in Kafka.")
+    observed_generation: int | None = Field(default=None, description="Last .metadata.generation acted on.")

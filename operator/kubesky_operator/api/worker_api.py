@@ -1,0 +1,128 @@
+"""Request and response models of the worker's internal HTTP API (/v1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from .beamline import PlanInfo
+from .common import ApiModel
+from .planrun import KafkaRange, Phase, Progress
+
+API_PREFIX = "/v1"
+
+
+class PlanRunRef(ApiModel):
+    namespace: str = Field(description="Namespace of the PlanRun.")
+    name: str = Field(description="Name of the PlanRun.")
+
+
+class RunRequest(ApiModel):
+    """POST /v1/runs: start a plan. Idempotent by id."""
+
+    id: str = Field(min_length=1, description="The PlanRun's metadata.uid: the idempotency key.")
+    planrun: PlanRunRef | None = Field(
+        default=None, description="The PlanRun the worker writes status to; none for a bare API run."
+    )
+    plan: str = Field(min_length=1, description="Plan name.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Plan keyword arguments.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Merged into the start document.")
+    timeout_seconds: int | None = Field(default=None, ge=1, description="Abort after this many seconds.")
+
+
+class FieldError(ApiModel):
+    """One invalid input, located by its path in the request (e.g. ["params", "num"])."""
+
+    loc: list[str | int] = Field(description="Path to the bad field.")
+    msg: str = Field(description="What is wrong with it.")
+    type: str = Field(default="value_error", description="Machine-readable error type.")
+
+    @property
+    def path(self) -> str:
+        return ".".join(str(p) for p in self.loc)
+
+
+class ErrorResponse(ApiModel):
+    detail: str | list[FieldError] = Field(description="Error message or the list of field errors.")
+
+
+class RunRecord(ApiModel):
+    """GET /v1/runs/{id}: what the worker knows of a run."""
+
+    id: str
+    planrun: PlanRunRef | None = None
+    plan: str
+    phase: Phase
+    run_uids: list[str] = Field(default_factory=list)
+    documents: dict[str, int] = Field(default_factory=dict)
+    progress: Progress | None = None
+    exit_status: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    plan_set_hash: str | None = None
+    kafka: KafkaRange | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    worker: str | None = None
+
+
+class ControlAction(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    STOP = "stop"
+    ABORT = "abort"
+
+
+class ControlRequest(ApiModel):
+    action: ControlAction = Field(description="pause (deferred to next checkpoint), resume, stop or abort.")
+
+
+class WorkerStateName(StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RELOADING = "reloading"
+
+
+class LoadError(ApiModel):
+    file: str = Field(description="Plan module file that failed.")
+    line: int | None = Field(default=None, description="Line of the error, where known.")
+    message: str = Field(description="The error.")
+
+
+class WorkerState(ApiModel):
+    """GET /v1/state."""
+
+    state: WorkerStateName
+    current_run: str | None = Field(default=None, description="Id of the active run.")
+    current_planrun: PlanRunRef | None = None
+    plan_set_hash: str
+    plan_set_loaded_at: datetime | None = None
+    load_errors: list[LoadError] = Field(default_factory=list)
+    reload_pending: bool = False
+    worker: str | None = None
+
+
+class PlanCatalogue(ApiModel):
+    """GET /v1/plans."""
+
+    plan_set_hash: str
+    plans: list[PlanInfo]
+
+
+class DeviceInfo(ApiModel):
+    name: str
+    type: str = Field(description="Python class of the device.")
+
+
+class DeviceCatalogue(ApiModel):
+    devices: list[DeviceInfo]
+
+
+class ReloadResponse(ApiModel):
+    deferred: bool = Field(description="True when a run is active and the reload waits for it.")
+    plan_set_hash: str
+    load_errors: list[LoadError] = Field(default_factory=list)
