@@ -1,0 +1,62 @@
+# kubesky entry points. Everything the tests need is installed by these targets:
+# Python packages into .venv, the Go-built control plane and the Kafka jars into ~/.cache/kubesky.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: all venv infra crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+        bench bench-worker bench-operator bench-reload clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+infra:
+	bash tests/infra/build.sh
+
+crds: venv
+	$(PY) -m kubesky_operator.api.crd crds
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venv infra lint
+	$(PY) -m pytest -ra tests/unit tests/integration
+
+test-unit: venv
+	$(PY) -m pytest -ra tests/unit
+
+test-integration: venv infra
+	$(PY) -m pytest -ra tests/integration
+
+demo: venv infra
+	$(PY) -m tests.demo
+
+dev-up: venv infra
+	$(PY) -m tests.infra.dev up
+
+dev-down: venv
+	$(PY) -m tests.infra.dev down
+
+bench: bench-worker bench-operator bench-reload
+
+bench-worker: venv infra
+	$(PY) tests/bench/bench_worker.py
+
+bench-operator: venv infra
+	$(PY) tests/bench/bench_operator.py
+
+bench-reload: venv infra
+	$(PY) tests/bench/bench_reload.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
