@@ -1,0 +1,53 @@
+"""Loading the worker configuration (YAML, model `kubesky_operator.api.WorkerConfig`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import yaml
+from kubesky_operator.api import WorkerConfig
+from pydantic import ValidationError
+
+TOKEN_ENV = "KUBESKY_WORKER_TOKEN"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which field or file is wrong."""
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        lines.append(f"  {loc}: {err.get('msg')}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "config") -> WorkerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return WorkerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{source}: invalid worker configuration:\n{_format_validation_error(exc)}"
+        ) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> WorkerConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read configuration: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data if data is not None else {}, str(p))
+
+
+def worker_name(config: WorkerConfig) -> str:
+    return config.worker_name or os.environ.get("POD_NAME") or socket.gethostname()

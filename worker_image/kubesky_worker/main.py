@@ -1,0 +1,100 @@
+"""`kubesky-worker --config PATH [--port N] [--host H]`: run the worker service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import threading
+
+from .auth import TokenSource
+from .config import ConfigError, load_config
+
+log = logging.getLogger("kubesky_worker")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubesky-worker", description="Run bluesky plans for kubesky.")
+    parser.add_argument("--config", required=True, help="worker configuration file (YAML)")
+    parser.add_argument(
+        "--port", type=int, default=None, help="override the configured port (0: pick a free one)"
+    )
+    parser.add_argument("--host", default=None, help="override the configured listen address")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("bluesky").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        config = load_config(args.config)
+        if args.port is not None:
+            config.port = args.port
+        if args.host is not None:
+            config.host = args.host
+        token = TokenSource.from_config(config)
+    except ConfigError as exc:
+        print(f"kubesky-worker: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from .app import create_app
+    from .service import Worker
+
+    worker = Worker(config, token)
+    try:
+        sock = _bind(config.host, config.port)
+    except OSError as exc:
+        print(f"kubesky-worker: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+
+    start_failed = threading.Event()
+
+    def start_worker() -> None:
+        try:
+            worker.start()
+        except Exception:
+            log.exception("worker failed to start")
+            start_failed.set()
+
+    threading.Thread(target=start_worker, name="kubesky-start", daemon=True).start()
+
+    app = create_app(worker)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+    )
+    print(f"kubesky-worker listening on http://{shown}:{port}", flush=True)
+    log.info(
+        "kubesky-worker %s listening on http://%s:%d (beamline %s)", worker.name, shown, port, config.beamline
+    )
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        worker.stop()
+    return 1 if start_failed.is_set() else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""Publishing documents to Kafka.
+
+The RunEngine's callback (`enqueue`) only appends to a deque: no serialization, no locks, no I/O.
+A dedicated thread runs an asyncio loop that drains the deque, does the per-run accounting,
+serializes (msgpack + msgpack-numpy of `[name, doc]`, as bluesky-kafka's Publisher writes it) and
+sends batches with aiokafka (acks=all, idempotent). A round of batches is sent and acknowledged
+before the next round starts, so each partition's records keep emission order; while a round is in
+flight new documents accumulate and form the next, larger round. A failed batch is retried (with
+backoff, recreating the producer after repeated failures); documents are never dropped. A run's
+`finish()` future resolves once every document it emitted is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import msgpack_numpy as mpn
+from kubesky_operator.api import KafkaConfig
+
+from .metrics import Metrics
+from .runs import Run
+
+log = logging.getLogger(__name__)
+
+RECORD_OVERHEAD = 512  # bytes reserved for record + batch framing when checking the size limit
+MAX_ROUND_RECORDS = 20000
+MAX_ROUND_BYTES = 16 * 1024 * 1024
+
+
+def serializer() -> Callable[[Any], bytes]:
+    """The bluesky-kafka serialization: msgpack with msgpack-numpy's encoder."""
+    packer = msgpack.Packer(default=mpn.encode)
+    return packer.pack
+
+
+class DocumentTooLarge(Exception):
+    pass
+
+
+@dataclass
+class _Tracker:
+    run: Run
+    enqueued: int = 0
+    acked: int = 0
+    closed: bool = False
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    # accounting not yet applied to the run (applied once per round, not per document)
+    new_uids: list[str] = field(default_factory=list)
+    new_total: int = 0
+    has_total: bool = False
+    done_delta: int = 0
+    exit_status: str | None = None
+    stop_reason: str | None = None
+    acked_names: dict[str, int] = field(default_factory=dict)
+    offsets: dict[int, list[int]] = field(default_factory=dict)
+    dirty: bool = False
+
+
+@dataclass
+class _Record:
+    tracker: _Tracker | None
+    name: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    t: float
+    size: int
+
+
+class Publisher:
+    def __init__(
+        self,
+        kafka: KafkaConfig | None,
+        metrics: Metrics,
+        on_run_failure: Callable[[Run, str], None] | None = None,
+        client_id: str = "kubesky-worker",
+    ) -> None:
+        self.kafka = kafka
+        self.topic = kafka.topic if kafka is not None else None
+        self.metrics = metrics
+        self.on_run_failure = on_run_failure
+        self.client_id = client_id
+        self._dq: deque[tuple[Any, ...]] = deque()
+        self._idle = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._backlog: deque[_Record] = deque()
+        self._inflight = 0
+        self._producer: Any = None
+        self._trackers: dict[int, _Tracker] = {}
+        self._start_keys: dict[str, bytes] = {}
+        self._desc: dict[str, tuple[bytes | None, bool]] = {}
+        self._resource_keys: dict[str, bytes | None] = {}
+        self._last_key: bytes | None = None
+        self._partition_cache: dict[bytes | None, int] = {}
+        self._partitions: list[int] = []
+        self._pack = serializer()
+        self.connected = False
+        self.last_error: str | None = None
+        metrics.set_pending_function(self.pending)
+
+    # -- called from other threads ---------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="kubesky-publisher", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def enqueue(self, run: Run | None, name: str, doc: dict[str, Any]) -> None:
+        """RunEngine callback path: O(1), never blocks."""
+        self._dq.append((run, name, doc, time.perf_counter()))
+        if self._idle:
+            self._idle = False
+            self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+
+    def finish(self, run: Run) -> concurrent.futures.Future[None]:
+        """Future resolved when every document of `run` enqueued so far is acknowledged."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._dq.append((run, None, fut, 0.0))
+        self._idle = False
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        return fut
+
+    def pending(self) -> int:
+        return len(self._dq) + len(self._backlog) + self._inflight
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        self._stopping = True
+        self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+        self._stopped.wait(timeout)
+
+    # -- publisher thread ------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._main())
+        except Exception:  # pragma: no cover - a bug; keep the trace
+            log.exception("publisher loop crashed")
+        finally:
+            try:
+                if self._producer is not None:
+                    loop.run_until_complete(asyncio.wait_for(self._producer.stop(), 5))
+            except Exception:
+                pass
+            loop.close()
+            self._stopped.set()
+
+    async def _main(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._dq and not self._backlog:
+                if self._stopping:
+                    return
+                self._idle = True
+                if not self._dq:
+                    await self._wake.wait()
+                self._wake.clear()
+                self._idle = False
+            touched: set[int] = set()
+            self._intake(touched)
+            if self._backlog:
+                if self.kafka is None:
+                    self._ack_without_kafka(touched)
+                else:
+                    await self._send_round(touched)
+            self._apply(touched)
+            if self._stopping and self._backlog and self.kafka is not None and not self.connected:
+                log.error("stopping with %d documents undelivered", self.pending())
+                return
+
+    def _tracker(self, run: Run) -> _Tracker:
+        tr = self._trackers.get(id(run))
+        if tr is None:
+            tr = _Tracker(run)
+            self._trackers[id(run)] = tr
+        return tr
+
+    def _intake(self, touched: set[int]) -> None:
+        dq = self._dq
+        pack = self._pack
+        n = 0
+        while dq and n < MAX_ROUND_RECORDS:
+            run, name, doc, t = dq.popleft()
+            n += 1
+            tr = self._tracker(run) if run is not None else None
+            if name is None:  # finish marker
+                assert tr is not None
+                tr.closed = True
+                fut = doc
+                if tr.future is not fut:
+                    # chain: resolve the caller's future with the tracker's
+                    tr.future.add_done_callback(
+                        lambda f, fut=fut: fut.set_result(None) if not fut.done() else None
+                    )
+                touched.add(id(run))
+                continue
+            key = self._account(tr, name, doc)
+            if tr is not None:
+                touched.add(id(run))
+            headers = tr.run.headers if tr is not None else []
+            try:
+                for pname, _pdoc, value in self._serialize(name, doc, key, headers, pack):
+                    size = len(value) + (len(key) if key else 0)
+                    self._backlog.append(_Record(tr, pname, key, value, headers, t, size))
+                    if tr is not None:
+                        tr.enqueued += 1
+            except DocumentTooLarge as exc:
+                msg = str(exc)
+                log.error("%s", msg)
+                if tr is not None:
+                    tr.run.update(lambda r, msg=msg: setattr(r, "publish_failure", r.publish_failure or msg))
+                    if self.on_run_failure is not None:
+                        threading.Thread(target=self.on_run_failure, args=(tr.run, msg), daemon=True).start()
+
+    def _limit(self) -> int:
+        return (self.kafka.max_request_size if self.kafka is not None else 1 << 62) - RECORD_OVERHEAD
+
+    def _serialize(
+        self,
+        name: str,
+        doc: dict[str, Any],
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        pack: Callable[[Any], bytes],
+    ) -> list[tuple[str, dict[str, Any], bytes]]:
+        value = pack([name, doc])
+        hsize = sum(len(k) + len(v) for k, v in headers)
+        size = len(value) + (len(key) if key else 0) + hsize
+        if size <= self._limit():
+            return [(name, doc, value)]
+        if name == "event_page" and len(doc.get("seq_num", ())) > 1:
+            out = []
+            for part in split_event_page(doc):
+                out.extend(self._serialize(name, part, key, headers, pack))
+            return out
+        uid = doc.get("uid") or doc.get("datum_id") or ""
+        raise DocumentTooLarge(
+            f"{name} document {uid} is {size} bytes serialized, over the Kafka limit of "
+            f"{self._limit() + RECORD_OVERHEAD} bytes (kafka.maxRequestSize); the run is failed"
+        )
+
+    def _account(self, tr: _Tracker | None, name: str, doc: dict[str, Any]) -> bytes | None:
+        """Track runs/descriptors/resources to key each document by its run's start uid; progress."""
+        if name == "event":
+            key, primary = self._desc.get(doc.get("descriptor", ""), (self._last_key, False))
+            if primary and tr is not None:
+                tr.done_delta += 1
+            return key
+        if name == "event_page":
+            key, primary = self._desc.get(doc.get("descriptor", ""), (self._last_key, False))
+            if primary and tr is not None:
+                tr.done_delta += len(doc.get("seq_num", ()))
+            return key
+        if name == "start":
+            uid = doc["uid"]
+            key = uid.encode()
+            self._start_keys[uid] = key
+            self._last_key = key
+            if tr is not None:
+                tr.new_uids.append(uid)
+                num = doc.get("num_points")
+                if isinstance(num, int):
+                    tr.new_total += num
+                    tr.has_total = True
+            return key
+        if name == "descriptor":
+            key = self._start_keys.get(doc.get("run_start", ""), self._last_key)
+            self._desc[doc["uid"]] = (key, doc.get("name") == "primary")
+            return key
+        if name == "stop":
+            key = self._start_keys.pop(doc.get("run_start", ""), self._last_key)
+            if tr is not None:
+                tr.exit_status = doc.get("exit_status")
+                tr.stop_reason = doc.get("reason") or None
+            # forget the run's descriptors/resources
+            for d in [d for d, (k, _) in self._desc.items() if k == key]:
+                del self._desc[d]
+            for r in [r for r, k in self._resource_keys.items() if k == key]:
+                del self._resource_keys[r]
+            return key
+        if name in ("resource", "stream_resource"):
+            key = self._start_keys.get(doc.get("run_start", ""), self._last_key)
+            self._resource_keys[doc.get("uid", "")] = key
+            return key
+        if name == "datum":
+            return self._resource_keys.get(doc.get("resource", ""), self._last_key)
+        if name == "datum_page":
+            return self._resource_keys.get(doc.get("resource", ""), self._last_key)
+        if name == "stream_datum":
+            if "descriptor" in doc and doc["descriptor"] in self._desc:
+                return self._desc[doc["descriptor"]][0]
+            return self._resource_keys.get(doc.get("stream_resource", ""), self._last_key)
+        return self._last_key
+
+    def _ack(self, rec: _Record, partition: int | None, offset: int | None, now: float) -> None:
+        tr = rec.tracker
+        self.metrics.publish_latency.observe(now - rec.t)
+        if tr is None:
+            return
+        tr.acked += 1
+        tr.acked_names[rec.name] = tr.acked_names.get(rec.name, 0) + 1
+        if partition is not None and offset is not None:
+            rng = tr.offsets.get(partition)
+            if rng is None:
+                tr.offsets[partition] = [offset, offset]
+            else:
+                rng[1] = max(rng[1], offset)
+                rng[0] = min(rng[0], offset)
+        tr.dirty = True
+
+    def _ack_without_kafka(self, touched: set[int]) -> None:
+        now = time.perf_counter()
+        while self._backlog:
+            rec = self._backlog.popleft()
+            self._ack(rec, None, None, now)
+
+    def _apply(self, touched: set[int]) -> None:
+        """Fold the round's accounting into the runs (one lock + notify per run per round)."""
+        counts: dict[str, int] = {}
+        for tid in touched:
+            tr = self._trackers.get(tid)
+            if tr is None:
+                continue
+
+            def upd(r: Run, tr: _Tracker = tr) -> None:
+                r.run_uids.extend(u for u in tr.new_uids if u not in r.run_uids)
+                if tr.has_total:
+                    r.progress_total = (r.progress_total or 0) + tr.new_total
+                r.progress_done += tr.done_delta
+                if tr.exit_status is not None:
+                    r.exit_status = tr.exit_status
+                    r.stop_reason = tr.stop_reason
+                for n, c in tr.acked_names.items():
+                    r.documents[n] = r.documents.get(n, 0) + c
+                for p, (first, last) in tr.offsets.items():
+                    cur = r.offsets.get(p)
+                    r.offsets[p] = [first, last] if cur is None else [min(cur[0], first), max(cur[1], last)]
+
+            for n, c in tr.acked_names.items():
+                counts[n] = counts.get(n, 0) + c
+            tr.run.update(upd)
+            tr.new_uids = []
+            tr.new_total = 0
+            tr.has_total = False
+            tr.done_delta = 0
+            tr.exit_status = None
+            tr.acked_names = {}
+            tr.offsets = {}
+            tr.dirty = False
+            if tr.closed and tr.acked >= tr.enqueued:
+                del self._trackers[tid]
+                if not tr.future.done():
+                    tr.future.set_result(None)
+        for n, c in counts.items():
+            self.metrics.documents.labels(n).inc(c)
+
+    # -- Kafka -----------------------------------------------------------------------------------
+    def _producer_kwargs(self) -> dict[str, Any]:
+        k = self.kafka
+        assert k is not None
+        kw: dict[str, Any] = {
+            "bootstrap_servers": k.bootstrap_servers,
+            "client_id": self.client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": k.linger_ms,
+            "max_request_size": k.max_request_size,
+            "max_batch_size": max(16384, k.max_request_size - RECORD_OVERHEAD),
+            "request_timeout_ms": 30000,
+        }
+        if k.ca_file:
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(cafile=k.ca_file)
+            kw["security_protocol"] = "SSL"
+        if k.sasl_username:
+            password = ""
+            if k.sasl_password_file:
+                with open(k.sasl_password_file) as f:
+                    password = f.read().strip()
+            kw["sasl_mechanism"] = "PLAIN"
+            kw["sasl_plain_username"] = k.sasl_username
+            kw["sasl_plain_password"] = password
+            kw["security_protocol"] = "SASL_SSL" if k.ca_file else "SASL_PLAINTEXT"
+        return kw
+
+    async def _ensure_producer(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        backoff = 0.2
+        while self._producer is None:
+            producer = AIOKafkaProducer(**self._producer_kwargs())
+            try:
+                await producer.start()
+                await producer.partitions_for(self.topic)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("Kafka producer cannot start (%s); retrying in %.1fs", self.last_error, backoff)
+                self.metrics.kafka_errors.inc()
+                try:
+                    await producer.stop()
+                except Exception:
+                    pass
+                if self._stopping:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._producer = producer
+            self._partition_cache.clear()
+            self.connected = True
+            self.last_error = None
+
+    async def _reset_producer(self) -> None:
+        p, self._producer = self._producer, None
+        self.connected = False
+        if p is not None:
+            try:
+                await asyncio.wait_for(p.stop(), 10)
+            except Exception:
+                pass
+
+    async def _partition_for(self, key: bytes | None) -> int:
+        p = self._partition_cache.get(key)
+        if p is not None:
+            return p
+        from aiokafka.partitioner import DefaultPartitioner
+
+        parts = sorted(await self._producer.partitions_for(self.topic))
+        p = DefaultPartitioner()(key, parts, parts)
+        if key is not None:
+            self._partition_cache[key] = p
+        return p
+
+    async def _send_round(self, touched: set[int]) -> None:
+        failures = 0
+        backoff = 0.1
+        while self._backlog:
+            try:
+                await self._ensure_producer()
+            except Exception:
+                return  # stopping and Kafka unreachable
+            # take the head of the backlog; one batch per partition per round keeps order
+            round_recs: list[_Record] = []
+            nbytes = 0
+            while self._backlog and len(round_recs) < MAX_ROUND_RECORDS and nbytes < MAX_ROUND_BYTES:
+                rec = self._backlog.popleft()
+                round_recs.append(rec)
+                nbytes += rec.size
+            self._inflight = len(round_recs)
+            try:
+                acked, retry = await self._send_records(round_recs)
+            except Exception as exc:
+                acked, retry = [], round_recs
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("Kafka send failed: %s", self.last_error)
+            finally:
+                self._inflight = 0
+            if retry:
+                self._backlog.extendleft(reversed(retry))
+            for rec in acked:
+                if rec.tracker is not None:
+                    touched.add(id(rec.tracker.run))
+            if retry:
+                failures += 1
+                self.metrics.kafka_errors.inc()
+                if failures >= 3:
+                    log.warning("recreating the Kafka producer after %d failed rounds", failures)
+                    await self._reset_producer()
+                    failures = 0
+                if self._stopping and not self.connected:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            return
+
+    async def _send_records(self, recs: list[_Record]) -> tuple[list[_Record], list[_Record]]:
+        """Send one batch per partition; records that do not fit their partition's batch, or whose
+        batch failed, are returned for retry, in order."""
+        producer = self._producer
+        batches: dict[int, tuple[Any, list[_Record]]] = {}
+        full: set[int] = set()
+        leftover_idx: set[int] = set()
+        for i, rec in enumerate(recs):
+            p = await self._partition_for(rec.key)
+            if p in full:
+                leftover_idx.add(i)
+                continue
+            entry = batches.get(p)
+            if entry is None:
+                entry = (producer.create_batch(), [])
+                batches[p] = entry
+            batch, members = entry
+            md = batch.append(key=rec.key, value=rec.value, timestamp=None, headers=rec.headers)
+            if md is None:
+                full.add(p)
+                leftover_idx.add(i)
+                continue
+            members.append(rec)
+        futures = []
+        order = []
+        for p, (batch, members) in batches.items():
+            batch.close()
+            futures.append(await producer.send_batch(batch, self.topic, partition=p))
+            order.append((p, members))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        now = time.perf_counter()
+        acked: list[_Record] = []
+        failed: set[int] = set()
+        for (p, members), res in zip(order, results, strict=True):
+            if isinstance(res, BaseException):
+                self.last_error = f"{type(res).__name__}: {res}"
+                log.warning("Kafka batch to partition %d failed: %s", p, self.last_error)
+                failed.update(id(m) for m in members)
+                continue
+            base = res.offset
+            for i, rec in enumerate(members):
+                self._ack(rec, p, base + i, now)
+                acked.append(rec)
+        retry = [r for i, r in enumerate(recs) if i in leftover_idx or id(r) in failed]
+        return acked, retry
+
+
+def split_event_page(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split an event_page into two halves (columns sliced); documents are not mutated."""
+    n = len(page["seq_num"])
+    mid = n // 2
+    out = []
+    for sl in (slice(0, mid), slice(mid, n)):
+        part = dict(page)
+        for col in ("seq_num", "time", "uid"):
+            part[col] = list(page[col])[sl]
+        for col in ("data", "timestamps", "filled"):
+            if col in page:
+                part[col] = {k: list(v)[sl] for k, v in page[col].items()}
+        out.append(part)
+    return out

@@ -1,0 +1,291 @@
+"""Writing PlanRun status from the worker.
+
+A background thread patches the status subresource (JSON merge patch) of each run's PlanRun:
+phase changes at once, progress at most twice a second per run, with retries and backoff while the
+apiserver is unreachable. It never blocks the RunEngine: `update()` only marks the run dirty.
+Phases never go backwards: before writing a phase the current status is read, the move checked with
+`may_transition`, and the patch carries the resourceVersion it was computed against (a conflict
+re-reads and retries). The Succeeded condition is Unknown while the run is active and True/False at
+the end."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kubesky_operator.api import (
+    GROUP,
+    VERSION,
+    Condition,
+    ConditionStatus,
+    KubeConfig,
+    Phase,
+    may_transition,
+    set_condition,
+)
+from kubesky_operator.api.planrun import PLURAL, TERMINAL_PHASES
+
+from .metrics import Metrics
+from .runs import Run
+
+log = logging.getLogger(__name__)
+
+SUCCEEDED = "Succeeded"
+PROGRESS_INTERVAL = 0.5  # seconds between progress patches of one run (<= 2/s)
+MAX_BACKOFF = 10.0
+
+
+def make_api_client(kube: KubeConfig) -> Any:
+    """ApiClient from config.kube.kubeconfig, else in-cluster config, else $KUBECONFIG/~/.kube/config."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if kube.kubeconfig:
+        config.load_kube_config(config_file=kube.kubeconfig, client_configuration=cfg)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def _condition_for(phase: Phase) -> tuple[ConditionStatus, str]:
+    if phase == Phase.SUCCEEDED:
+        return ConditionStatus.TRUE, "Succeeded"
+    if phase in TERMINAL_PHASES:
+        return ConditionStatus.FALSE, phase.value
+    return ConditionStatus.UNKNOWN, phase.value
+
+
+@dataclass
+class _Entry:
+    run: Run
+    written_version: int = -1
+    written_phase: Phase | None = None
+    last_write: float = 0.0
+    next_attempt: float = 0.0
+    backoff: float = 0.5
+    gone: bool = False
+
+
+class StatusWriter:
+    def __init__(self, kube: KubeConfig, metrics: Metrics, api_client: Any | None = None) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self._api_client = api_client
+        self._api: Any = None
+        self._entries: dict[str, _Entry] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.enabled = kube.report_status
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._thread = threading.Thread(target=self._main, name="kubesky-status", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after a last attempt to write pending updates (bounded by `timeout`)."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pending():
+            time.sleep(0.05)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=2)
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(1 for e in self._entries.values() if not e.gone and e.written_version != e.run.version)
+
+    def track(self, run: Run) -> None:
+        if not self.enabled or run.planrun is None:
+            return
+        with self._cond:
+            self._entries.setdefault(run.id, _Entry(run))
+        run.add_listener(self.update)
+        self.update(run)
+
+    def update(self, run: Run) -> None:
+        """Called from any thread when the run changed. Cheap."""
+        with self._cond:
+            self._cond.notify()
+
+    def flush(self, run: Run, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until the run's latest state is written."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                e = self._entries.get(run.id)
+                if e is None or e.gone or e.written_version >= run.version:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    # -- thread ----------------------------------------------------------------------------------
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client
+
+            if self._api_client is None:
+                self._api_client = make_api_client(self.kube)
+            self._api = client.CustomObjectsApi(self._api_client)
+        return self._api
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+                now = time.monotonic()
+                due: list[_Entry] = []
+                wait = 1.0
+                for e in self._entries.values():
+                    if e.gone or e.written_version == e.run.version:
+                        continue
+                    phase_changed = e.run.phase != e.written_phase
+                    ready_at = max(e.next_attempt, e.last_write + (0 if phase_changed else PROGRESS_INTERVAL))
+                    if ready_at <= now:
+                        due.append(e)
+                    else:
+                        wait = min(wait, ready_at - now)
+                if not due:
+                    self._cond.wait(timeout=wait)
+                    continue
+            for e in due:
+                self._write(e)
+            with self._cond:
+                for rid in [
+                    rid
+                    for rid, e in self._entries.items()
+                    if e.gone or (e.written_phase in TERMINAL_PHASES and e.written_version == e.run.version)
+                ]:
+                    del self._entries[rid]
+
+    def _write(self, e: _Entry) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        run = e.run
+        version = run.version
+        record = run.record()
+        try:
+            api = self._client()
+            if record.phase != e.written_phase:
+                self._write_phase(api, e, record)
+            else:
+                self._patch(api, run, self._status_body(record, include_phase=False))
+            e.written_version = version
+            e.last_write = time.monotonic()
+            e.backoff = 0.5
+            e.next_attempt = 0.0
+        except ApiException as exc:
+            if exc.status == 404:
+                log.warning(
+                    "PlanRun %s/%s is gone; no more status writes", run.planrun.namespace, run.planrun.name
+                )  # type: ignore[union-attr]
+                e.gone = True
+                return
+            self._failed(e, f"{exc.status} {exc.reason}")
+        except Exception as exc:
+            self._failed(e, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, e: _Entry, why: str) -> None:
+        self.metrics.status_errors.inc()
+        log.warning("status patch of run %s failed (%s); retrying in %.1fs", e.run.id, why, e.backoff)
+        e.next_attempt = time.monotonic() + e.backoff
+        e.backoff = min(e.backoff * 2, MAX_BACKOFF)
+
+    def _write_phase(self, api: Any, e: _Entry, record: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        ref = e.run.planrun
+        assert ref is not None
+        for _ in range(5):
+            obj = api.get_namespaced_custom_object_status(GROUP, VERSION, ref.namespace, PLURAL, ref.name)
+            current = (obj.get("status") or {}).get("phase")
+            rv = obj.get("metadata", {}).get("resourceVersion")
+            if current is not None and not may_transition(current, record.phase):
+                log.info(
+                    "PlanRun %s/%s is %s; not moving it to %s",
+                    ref.namespace,
+                    ref.name,
+                    current,
+                    record.phase.value,
+                )
+                if Phase(current) in TERMINAL_PHASES:
+                    # someone else finished it; write the counters only
+                    self._patch(api, e.run, self._status_body(record, include_phase=False))
+                    e.written_phase = record.phase
+                    return
+                self._patch(api, e.run, self._status_body(record, include_phase=False))
+                e.written_phase = record.phase
+                return
+            conditions = [
+                Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions") or []
+            ]
+            status, reason = _condition_for(record.phase)
+            msg = record.message or ""
+            conditions = set_condition(
+                conditions,
+                SUCCEEDED,
+                status,
+                reason,
+                msg,
+                observed_generation=obj.get("metadata", {}).get("generation"),
+            )
+            body = self._status_body(record, include_phase=True)
+            body["status"]["conditions"] = [c.wire() for c in conditions]
+            body["metadata"] = {"resourceVersion": rv}
+            try:
+                self._patch(api, e.run, body)
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # the object changed under us: re-read and recompute
+                raise
+            e.written_phase = record.phase
+            return
+        raise RuntimeError("too many conflicts writing the phase")
+
+    def _status_body(self, record: Any, include_phase: bool) -> dict[str, Any]:
+        wire = record.wire()
+        status: dict[str, Any] = {}
+        for key in (
+            "startTime",
+            "completionTime",
+            "runUids",
+            "documents",
+            "progress",
+            "exitStatus",
+            "reason",
+            "message",
+            "planSetHash",
+            "kafka",
+            "worker",
+        ):
+            if key in wire:
+                status[key] = wire[key]
+        if include_phase:
+            status["phase"] = wire["phase"]
+        return {"status": status}
+
+    def _patch(self, api: Any, run: Run, body: dict[str, Any]) -> None:
+        ref = run.planrun
+        assert ref is not None
+        api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            ref.namespace,
+            PLURAL,
+            ref.name,
+            body,
+            _content_type="application/merge-patch+json",
+        )
+        self.metrics.status_patches.inc()
