@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=start_worker, name="kubesky-start", daemon=True).start()
 
     app = create_app(worker)
-    server = uvicorn.Server(
+    class _Server(uvicorn.Server):
+        # shut down gracefully on SIGTERM/SIGINT and return (uvicorn would re-raise the signal,
+        # killing the process before the worker aborts its run and flushes Kafka)
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            self._captured_signals.clear()
+
+    server = _Server(
         uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
         )
