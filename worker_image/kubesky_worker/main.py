@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=start_worker, name="kubesky-start", daemon=True).start()
 
     app = create_app(worker)
+
     class _Server(uvicorn.Server):
         # shut down gracefully on SIGTERM/SIGINT and return (uvicorn would re-raise the signal,
         # killing the process before the worker aborts its run and flushes Kafka)

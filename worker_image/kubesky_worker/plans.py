@@ -53,6 +53,42 @@ DEVICE_NAMES = frozenset({"detector", "det", "motor", "readable", "movable", "fl
 
 _DEVICE_MODULE_PREFIXES = ("bluesky.protocols", "ophyd_async", "ophyd", "dodal")
 
+# bluesky.plans whose *args repeat a per-axis group. Besides the raw `args` list, these plans accept
+# the group by name for one axis (`motor`, `start`, `stop`, ...) or a list of groups in `axes`.
+AXIS_SHAPES: dict[str, tuple[str, ...]] = {
+    "scan": ("motor", "start", "stop"),
+    "rel_scan": ("motor", "start", "stop"),
+    "inner_product_scan": ("motor", "start", "stop"),
+    "relative_inner_product_scan": ("motor", "start", "stop"),
+    "grid_scan": ("motor", "start", "stop", "num"),
+    "rel_grid_scan": ("motor", "start", "stop", "num"),
+    "list_scan": ("motor", "points"),
+    "rel_list_scan": ("motor", "points"),
+    "list_grid_scan": ("motor", "points"),
+    "rel_list_grid_scan": ("motor", "points"),
+}
+
+
+def _axis_types() -> dict[str, Any]:
+    from bluesky.protocols import Movable
+
+    return {
+        "motor": device_name_type(Movable),
+        "start": float,
+        "stop": float,
+        "num": int,
+        "points": list[Any],
+    }
+
+
+_AXIS_DOCS = {
+    "motor": "Axis to move (device name); single-axis form of the plan's *args.",
+    "start": "First position of the axis (single-axis form).",
+    "stop": "Last position of the axis (single-axis form).",
+    "num": "Number of points of the axis (single-axis form).",
+    "points": "Positions of the axis (single-axis form).",
+}
+
 
 class Unsupported(Exception):
     """A parameter type that cannot be given through the JSON API (e.g. a callable)."""
@@ -275,6 +311,10 @@ class PlanEntry:
     unsupported: dict[str, str]
     var_positional: str | None
     var_keyword: bool
+    axis_shape: tuple[str, ...] = ()
+
+    def _axis_args(self, model: BaseModel, params: dict[str, Any], star: list[Any]) -> list[Any]:
+        return _axis_args_impl(self, model, params, star)
 
     def info(self) -> PlanInfo:
         with warnings.catch_warnings():
@@ -329,6 +369,8 @@ class PlanEntry:
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
         star = list(values.pop(self.var_positional, []) or []) if self.var_positional else []
+        if self.axis_shape:
+            star = self._axis_args(model, params, star)
         for p in self.params:
             if p.kind == inspect.Parameter.VAR_POSITIONAL:
                 args.extend(star)
@@ -347,6 +389,42 @@ class PlanEntry:
                 kwargs[p.name] = values[p.name]
         kwargs.update(extra)
         return args, kwargs
+
+
+def _axis_args_impl(entry: PlanEntry, model: BaseModel, params: dict[str, Any], star: list[Any]) -> list[Any]:
+    shape = entry.axis_shape
+    named = [el for el in shape if el in params]
+    forms = [
+        f
+        for f, used in (("args", bool(star)), ("axes", "axes" in params), ("/".join(shape), bool(named)))
+        if used
+    ]
+    if len(forms) > 1:
+        raise ParamError(
+            [
+                FieldError(
+                    loc=["params"],
+                    msg=f"give the axes one way only, not {' and '.join(forms)}",
+                    type="value_error",
+                )
+            ]
+        )
+    if named:
+        missing = [el for el in shape if el not in params]
+        if missing:
+            raise ParamError(
+                [
+                    FieldError(
+                        loc=["params", el], msg=f"missing: {'/'.join(shape)} go together", type="missing"
+                    )
+                    for el in missing
+                ]
+            )
+        return [getattr(model, _alias(el)) for el in shape]
+    axes = getattr(model, _alias("axes"), None)
+    if axes:
+        return [getattr(ax, el) for ax in axes for el in shape]
+    return star
 
 
 def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEntry:
@@ -402,6 +480,36 @@ def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEn
                 fields[_alias(p.name)] = (tp, Field(default=None, **fkw))
             else:
                 fields[_alias(p.name)] = (tp, Field(default=default, **fkw))
+    axis_shape: tuple[str, ...] = ()
+    shape = AXIS_SHAPES.get(getattr(func, "__name__", ""))
+    if (
+        shape
+        and var_positional
+        and getattr(func, "__module__", "") == "bluesky.plans"
+        and not any(_alias(el) in fields for el in (*shape, "axes"))
+    ):
+        axis_shape = shape
+        types_ = _axis_types()
+        for el in shape:
+            fields[_alias(el)] = (
+                types_[el] | None,
+                Field(default=None, alias=el, description=_AXIS_DOCS[el]),
+            )
+        axis_model = create_model(
+            f"{name}_axis",
+            __config__=ConfigDict(extra="forbid"),
+            **{
+                el: (
+                    types_[el],
+                    Field(description=_AXIS_DOCS[el].split(";")[0].replace(" (single-axis form)", "")),
+                )
+                for el in shape
+            },
+        )
+        fields[_alias("axes")] = (
+            list[axis_model] | None,  # type: ignore[valid-type]
+            Field(default=None, alias="axes", description=f"Several axes, each {{{', '.join(shape)}}}."),
+        )
     config = ConfigDict(
         extra="allow" if var_keyword else "forbid",
         arbitrary_types_allowed=True,
@@ -420,6 +528,7 @@ def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEn
         unsupported=unsupported,
         var_positional=var_positional,
         var_keyword=var_keyword,
+        axis_shape=axis_shape,
     )
 
 
