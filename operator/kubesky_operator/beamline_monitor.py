@@ -1,0 +1,275 @@
+"""Per-Beamline worker monitor: resolves the worker's URL and token, polls /v1/state and
+/v1/plans, and keeps the Beamline's status (phase, conditions, catalogue, queue) current."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .api import (
+    API_VERSION,
+    PLANS_LOADED,
+    WORKER_READY,
+    BeamlineStatus,
+    Condition,
+    ConditionStatus,
+    PlanInfo,
+    WorkerState,
+    set_condition,
+)
+from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
+from .kubeapi import ApiError, resource_path
+from .metrics import API_WRITES
+from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
+
+if TYPE_CHECKING:
+    from .controller import Controller
+    from .store import BeamlineView
+
+log = logging.getLogger(__name__)
+
+TOKEN_TTL = 60.0
+
+
+class BeamlineMonitor:
+    def __init__(self, ctl: Controller, key: tuple[str, str]) -> None:
+        self.ctl = ctl
+        self.key = key
+        self.client: WorkerClient | None = None
+        self.endpoint: str | None = None
+        self.ready = False
+        self.state: WorkerState | None = None
+        self.error: str | None = None
+        self._ever_ready = False
+        self._token: str | None = None
+        self._token_at = 0.0
+        self._token_source: tuple[str, str] | None = None
+        self._plans: list[PlanInfo] = []
+        self._plans_hash: str | None = None
+        self._plan_set_changed: str | None = None
+        self._poke = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name=f"monitor:{self.key[0]}/{self.key[1]}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def mark_unreachable(self) -> None:
+        self.ready = False
+        self.poke()
+
+    def invalidate_token(self) -> None:
+        self._token_at = 0.0
+        self.ready = False
+        self.poke()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("beamline %s/%s: refresh failed", *self.key)
+            interval = self.ctl.settings.beamline_refresh_seconds
+            if not self.ready:
+                interval = min(interval, 1.0)  # notice a worker coming back quickly
+            try:
+                await asyncio.wait_for(self._poke.wait(), interval)
+            except TimeoutError:
+                pass
+            self._poke.clear()
+
+    # Worker resolution ----------------------------------------------------------------------
+
+    async def _resolve(self, bl: BeamlineView) -> tuple[str, str | None]:
+        worker = bl.spec.worker
+        if worker.endpoint:
+            endpoint = worker.endpoint
+            ref = worker.token_secret_ref
+            source = (ref.name, ref.key) if ref else None
+        else:
+            endpoint = in_cluster_endpoint(bl.name, bl.namespace, self.ctl.settings.worker_port)
+            source = (token_secret_name(bl.name), TOKEN_KEY)
+        now = time.monotonic()
+        if source != self._token_source or now - self._token_at > TOKEN_TTL:
+            self._token = await self._read_token(bl.namespace, source) if source else None
+            self._token_source = source
+            self._token_at = now
+        return endpoint, self._token
+
+    async def _read_token(self, namespace: str, source: tuple[str, str]) -> str | None:
+        secret = await self.ctl.api.get(resource_path("v1", "secrets", namespace, source[0]))
+        if secret is None:
+            self.error = f"token Secret {source[0]} not found"
+            return None
+        raw = (secret.get("data") or {}).get(source[1])
+        if raw is None:
+            self.error = f"token Secret {source[0]} has no key {source[1]}"
+            return None
+        return base64.b64decode(raw).decode().strip()
+
+    # Refresh --------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        bl = self.ctl.store.beamlines.get(self.key)
+        if bl is None or bl.deleting:
+            self.ready = False
+            self.client = None
+            return
+        was_ready = self.ready
+        self.error = None
+        endpoint, token = await self._resolve(bl)
+        if self.client is None or self.client.base_url != endpoint.rstrip("/") or self.client.token != token:
+            self.client = WorkerClient(self.ctl.worker_session(), endpoint, token)
+        self.endpoint = endpoint
+        try:
+            state = await self.client.state()
+            if state.plan_set_hash != self._plans_hash:
+                catalogue = await self.client.plans()
+                if self._plans_hash is not None:
+                    self._plan_set_changed = _now()
+                self._plans = catalogue.plans
+                self._plans_hash = catalogue.plan_set_hash
+            self.state = state
+            self.ready = True
+            self._ever_ready = True
+        except WorkerAuthError as exc:
+            self.ready = False
+            self.error = f"the worker refused the token: {exc}"
+            self._token_at = 0.0
+        except (WorkerUnreachable, ValidationError) as exc:
+            self.ready = False
+            self.error = f"worker unreachable at {endpoint}: {exc}"
+        if self.ready and not was_ready:
+            log.info("beamline %s/%s: worker ready at %s", *self.key, endpoint)
+            self.ctl.wake(self.key)
+        elif was_ready and not self.ready:
+            log.warning("beamline %s/%s: %s", *self.key, self.error)
+        await self.write_status(bl)
+
+    def _status(self, bl: BeamlineView) -> BeamlineStatus:
+        conditions: list[Condition] = []
+        for raw in bl.status.get("conditions") or ():
+            try:
+                conditions.append(Condition.model_validate(raw))
+            except ValidationError:
+                continue
+        gen = bl.generation or None
+        if self.ready:
+            conditions = set_condition(
+                conditions,
+                WORKER_READY,
+                ConditionStatus.TRUE,
+                "WorkerReachable",
+                f"worker at {self.endpoint}",
+                gen,
+            )
+        else:
+            reason = "WorkerStarting" if not self._ever_ready else "WorkerUnreachable"
+            conditions = set_condition(
+                conditions, WORKER_READY, ConditionStatus.FALSE, reason, self.error or "", gen
+            )
+        load_errors = self.state.load_errors if self.state is not None else []
+        if self.state is None:
+            conditions = set_condition(
+                conditions,
+                PLANS_LOADED,
+                ConditionStatus.UNKNOWN,
+                "WorkerNotSeen",
+                "no answer from the worker yet",
+                gen,
+            )
+        elif load_errors:
+            text = "; ".join(f"{e.file}{f':{e.line}' if e.line else ''}: {e.message}" for e in load_errors)
+            conditions = set_condition(
+                conditions, PLANS_LOADED, ConditionStatus.FALSE, "LoadErrors", text[:2000], gen
+            )
+        else:
+            conditions = set_condition(
+                conditions,
+                PLANS_LOADED,
+                ConditionStatus.TRUE,
+                "PlansLoaded",
+                f"{len(self._plans)} plans",
+                gen,
+            )
+        if bl.spec_error:
+            phase = "Degraded"
+        elif bl.spec.suspend:
+            phase = "Suspended"
+        elif self.ready:
+            phase = "Degraded" if load_errors else "Ready"
+        else:
+            phase = "Degraded" if self._ever_ready else "Progressing"
+        dispatcher = self.ctl.dispatchers.get(self.key)
+        return BeamlineStatus(
+            phase=phase,
+            conditions=conditions,
+            endpoint=self.endpoint,
+            plans=self._plans,
+            plan_count=len(self._plans) if self._plans_hash is not None else None,
+            plan_set_hash=self._plans_hash,
+            plan_set_changed=self._plan_set_changed or bl.status.get("planSetChanged"),
+            current_run=dispatcher.current_run if dispatcher else None,
+            queue_length=dispatcher.queue_length if dispatcher else 0,
+            observed_generation=bl.generation,
+        )
+
+    async def write_status(self, bl: BeamlineView) -> None:
+        wanted = self._status(bl).wire()
+        current = dict(bl.status)
+        if _same(current, wanted):
+            return
+        patch: dict[str, Any] = {k: wanted.get(k) for k in set(wanted) | set(current)}
+        path = resource_path(API_VERSION, "beamlines", bl.namespace, bl.name, "status")
+        try:
+            body = await self.ctl.api.merge_patch(path, {"status": patch})
+        except ApiError as exc:
+            if exc.status != 404:
+                log.warning("status of beamline %s/%s not written: %s", *self.key, exc)
+            return
+        API_WRITES.labels("beamline-status").inc()
+        old_phase = current.get("phase")
+        self.ctl.observe_beamline(body)
+        if old_phase != wanted.get("phase"):
+            self.ctl.events.record(
+                body,
+                f"Beamline{wanted.get('phase')}",
+                self.error or f"worker at {self.endpoint}",
+                kind="Beamline",
+                warning=wanted.get("phase") == "Degraded",
+            )
+
+
+def _now() -> str:
+    from .planrun_status import now_rfc3339
+
+    return now_rfc3339()
+
+
+def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Equal, ignoring condition timestamps' formatting (the API may render them differently)."""
+
+    def norm(status: dict[str, Any]) -> dict[str, Any]:
+        out = dict(status)
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or ()
+        ]
+        return out
+
+    return norm(current) == norm(wanted)

@@ -1,0 +1,174 @@
+"""The operator's run-time state: the store, the API client, and a dispatcher and a monitor per
+beamline. kopf handlers (planrun_handlers, beamline_handlers) feed it watch events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from .api import TERMINAL_PHASES, Phase
+from .beamline_monitor import BeamlineMonitor
+from .dispatch import BeamlineDispatcher
+from .events import EventRecorder
+from .kubeapi import KubeApi
+from .metrics import TRANSITIONS, phase_changed
+from .positions import PositionWriter
+from .queue import RunView
+from .settings import OperatorSettings
+from .store import BeamlineKey, BeamlineView, Store
+
+log = logging.getLogger(__name__)
+
+_WARNING_PHASES = {Phase.FAILED, Phase.ABORTED, Phase.REJECTED}
+
+
+class RunEvents:
+    """EventRecorder bound to PlanRuns."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self.recorder = recorder
+
+    def record(
+        self, obj: Mapping[str, Any], reason: str, message: str, *, kind: str, warning: bool = False
+    ) -> None:
+        self.recorder.record(obj, reason, message, kind=kind, warning=warning)
+
+    def record_run(self, run: RunView, reason: str, message: str, *, warning: bool = False) -> None:
+        obj = {"metadata": {"name": run.name, "namespace": run.namespace, "uid": run.uid}}
+        self.recorder.record(obj, reason, message, kind="PlanRun", warning=warning)
+
+
+class Controller:
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.store = Store()
+        self.api = KubeApi()
+        self.events = RunEvents(EventRecorder(self.api))
+        self.positions = PositionWriter(
+            self.api,
+            self.store.runs.get,
+            self.observe_run,
+            per_second=settings.position_writes_per_second,
+        )
+        self.dispatchers: dict[BeamlineKey, BeamlineDispatcher] = {}
+        self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
+        self._worker_session: aiohttp.ClientSession | None = None
+        self.started = False
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.events.recorder.start()
+        self.positions.start()
+
+    async def stop(self) -> None:
+        for d in list(self.dispatchers.values()):
+            await d.stop()
+        for m in list(self.monitors.values()):
+            await m.stop()
+        await self.positions.stop()
+        await self.events.recorder.stop()
+        if self._worker_session is not None:
+            await self._worker_session.close()
+        await self.api.close()
+
+    def worker_session(self) -> aiohttp.ClientSession:
+        if self._worker_session is None or self._worker_session.closed:
+            self._worker_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+                headers={"User-Agent": "kubesky-operator"},
+            )
+        return self._worker_session
+
+    # Beamline tasks -------------------------------------------------------------------------
+
+    def dispatcher(self, key: BeamlineKey) -> BeamlineDispatcher:
+        d = self.dispatchers.get(key)
+        if d is None:
+            d = self.dispatchers[key] = BeamlineDispatcher(self, key)
+        d.start()
+        return d
+
+    def wake(self, key: BeamlineKey) -> None:
+        if self.started:
+            self.dispatcher(key).wake()
+
+    def ensure_monitor(self, key: BeamlineKey) -> BeamlineMonitor:
+        m = self.monitors.get(key)
+        if m is None:
+            m = self.monitors[key] = BeamlineMonitor(self, key)
+        m.start()
+        return m
+
+    async def drop_monitor(self, key: BeamlineKey) -> None:
+        m = self.monitors.pop(key, None)
+        if m is not None:
+            await m.stop()
+
+    # Observations ---------------------------------------------------------------------------
+
+    def observe_run(self, body: Mapping[str, Any]) -> RunView:
+        """Record a PlanRun body (watch event or our own write's response); note transitions."""
+        old, new = self.store.upsert_run(body)
+        if new is old:
+            return new
+        old_phase = old.phase if old is not None and old.uid == new.uid else None
+        if old_phase != new.phase:
+            phase_changed(old_phase.value if old_phase else None, new.phase.value if new.phase else None)
+            if new.phase is not None:
+                TRANSITIONS.labels(new.phase.value).inc()
+                if old is not None:  # not on the initial listing: we did not see the change
+                    self._transition_event(new)
+            if new.phase in TERMINAL_PHASES:
+                d = self.dispatchers.get((new.namespace, new.beamline))
+                if d is not None:
+                    d.forget(new.uid)
+        if self.started:
+            d = self.dispatchers.get((new.namespace, new.beamline))
+            if d is not None:
+                d.saw(new.uid)
+        return new
+
+    def _transition_event(self, run: RunView) -> None:
+        phase = run.phase
+        assert phase is not None
+        reason = run.status.get("reason") or phase.value
+        message = run.status.get("message") or f"phase {phase.value}"
+        if phase == Phase.QUEUED:
+            message = f"queued on beamline {run.beamline} at position {run.queue_position}"
+        elif phase == Phase.DISPATCHED:
+            message = f"dispatched to {run.status.get('worker') or 'the worker'}"
+        self.events.record_run(
+            run, phase.value if phase != Phase.FAILED else reason, message, warning=phase in _WARNING_PHASES
+        )
+
+    def forget_run(self, namespace: str, name: str, uid: str | None = None) -> None:
+        run = self.store.remove_run(namespace, name, uid)
+        if run is None:
+            return
+        phase_changed(run.phase.value if run.phase else None, None)
+        self.positions.forget(run.key)
+        d = self.dispatchers.get((namespace, run.beamline))
+        if d is not None:
+            d.forget(run.uid)
+            d.wake()
+
+    def observe_beamline(self, body: Mapping[str, Any]) -> BeamlineView:
+        _, new = self.store.upsert_beamline(body)
+        return new
+
+    async def forget_beamline(self, key: BeamlineKey) -> None:
+        self.store.remove_beamline(key)
+        await self.drop_monitor(key)
+        self.wake(key)
+
+
+async def gather_quietly(*aws: Any) -> None:
+    await asyncio.gather(*aws, return_exceptions=True)

@@ -1,0 +1,509 @@
+"""The dispatcher of one beamline: one task that owns every decision about its PlanRuns.
+
+Woken by watch events (a new run, a finished run, a spec.state change, the worker coming back)
+and by a short timer while a run is active. Each pass re-reads the in-memory view, asks
+`queue.plan_beamline` what to do, and does it. Everything it knows across passes (what it has
+submitted, when a worker went quiet) is an optimisation or a grace timer: after a restart the
+same decisions follow from the API objects and the worker's answers alone.
+
+Rules kept here:
+- Dispatched is written before POST /v1/runs; the POST carries the PlanRun uid, so a repeat after
+  a crash is recognised by the worker (200) and never starts a second run.
+- A Dispatched run this process has not submitted (a restart) is looked up first: known -> keep,
+  unknown -> re-POST the same id.
+- The operator writes Pending, Queued, Dispatched, and the terminal Rejected, Cancelled and
+  Failed/WorkerLost; it copies the worker's record only when the worker's own write is overdue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .api import (
+    API_VERSION,
+    ControlAction,
+    Phase,
+    PlanRunRef,
+    PlanRunState,
+    RunRecord,
+    RunRequest,
+    may_transition,
+)
+from .kubeapi import ApiError, resource_path
+from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_ERRORS
+from .planrun_status import (
+    dispatched,
+    final_condition,
+    finished,
+    from_record,
+    pending_beamline_missing,
+    queued,
+)
+from .queue import FINALIZER, QueuePlan, RunView, plan_beamline
+from .workerclient import SubmitOutcome, WorkerAuthError, WorkerClient, WorkerUnreachable
+
+if TYPE_CHECKING:
+    from .beamline_monitor import BeamlineMonitor
+    from .controller import Controller
+
+log = logging.getLogger(__name__)
+
+_LOST = object()  # the worker did not answer
+
+
+def _status_path(run: RunView) -> str:
+    return resource_path(API_VERSION, "planruns", run.namespace, run.name, "status")
+
+
+def _object_path(run: RunView) -> str:
+    return resource_path(API_VERSION, "planruns", run.namespace, run.name)
+
+
+def rejection_reason(message_fields: list[str]) -> str:
+    if any(f == "plan" or f.startswith("plan.") for f in message_fields):
+        return "UnknownPlan"
+    if message_fields:
+        return "InvalidParams"
+    return "Rejected"
+
+
+class BeamlineDispatcher:
+    def __init__(self, ctl: Controller, key: tuple[str, str]) -> None:
+        self.ctl = ctl
+        self.key = key
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._submitted: set[str] = set()
+        self._first_seen: dict[str, float] = {}
+        self._lost_since: dict[str, float] = {}
+        self._diverged_since: dict[tuple[str, str], float] = {}
+        self._last_check: dict[str, float] = {}
+        self._forwarded: dict[str, tuple[ControlAction, int]] = {}
+        self._abort_sent: dict[str, float] = {}
+        self._retry_at: float | None = None
+        self._busy_backoff = 0.02
+        self._sem = asyncio.Semaphore(ctl.settings.write_concurrency)
+        self.queue_length = 0
+        self.current_run: str | None = None
+        self.idle_since = time.monotonic()
+
+    # Lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name=f"dispatch:{self.key[0]}/{self.key[1]}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def saw(self, uid: str) -> None:
+        self._first_seen.setdefault(uid, time.monotonic())
+
+    def forget(self, uid: str) -> None:
+        for d in (self._first_seen, self._lost_since, self._last_check, self._forwarded, self._abort_sent):
+            d.pop(uid, None)
+        self._submitted.discard(uid)
+        for k in [k for k in self._diverged_since if k[0] == uid]:
+            del self._diverged_since[k]
+
+    async def _loop(self) -> None:
+        backoff = 0.2
+        while True:
+            timeout = self._next_timeout()
+            if not self._wake.is_set():
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                await self.reconcile()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher %s/%s: reconcile failed", *self.key)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _next_timeout(self) -> float:
+        timeout = 10.0
+        if self.current_run is not None or self._abort_sent:
+            timeout = self.ctl.settings.active_poll_seconds
+        if self._retry_at is not None:
+            timeout = min(timeout, max(0.0, self._retry_at - time.monotonic()))
+        return timeout
+
+    def _retry_in(self, seconds: float) -> None:
+        at = time.monotonic() + seconds
+        self._retry_at = at if self._retry_at is None else min(self._retry_at, at)
+
+    # One pass -------------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        self._retry_at = None
+        ctl = self.ctl
+        bl = ctl.store.beamlines.get(self.key)
+        monitor = ctl.monitors.get(self.key)
+        runs = ctl.store.runs_for(self.key)
+        exists = bl is not None and not bl.deleting
+        plan = plan_beamline(
+            runs,
+            beamline_exists=exists,
+            suspended=bool(bl and bl.spec.suspend),
+            worker_ready=monitor is not None and monitor.ready,
+        )
+        dispatched_uid: str | None = None
+        if plan.dispatch is not None and monitor is not None:
+            if await self._dispatch(plan.dispatch, monitor):
+                dispatched_uid = plan.dispatch.uid
+        for run in plan.active:
+            await self._reconcile_active(self._fresh(run), monitor)
+        await self._housekeeping(plan, dispatched_uid)
+
+    def _fresh(self, run: RunView) -> RunView:
+        return self.ctl.store.runs.get(run.key) or run
+
+    async def _housekeeping(self, plan: QueuePlan, dispatched_uid: str | None) -> None:
+        jobs: list[Callable[[], Awaitable[Any]]] = []
+        queue = [self._fresh(r) for r in plan.queue if r.uid != dispatched_uid]
+        queue = [r for r in queue if r.waiting and not r.deleting]
+        for pos, run in enumerate(queue, start=1):
+            self.saw(run.uid)
+            if run.phase != Phase.QUEUED:
+                jobs.append(lambda run=run, pos=pos: self._write_status(run, queued(run, pos)))
+            elif run.queue_position != pos:
+                self.ctl.positions.want(run, pos)
+            if not run.has_finalizer:
+                jobs.append(lambda run=run: self._add_finalizer(run))
+        for run in plan.cancel:
+            what = "stopped" if run.state == PlanRunState.STOP else "aborted"
+            jobs.append(
+                lambda run=run, what=what: self._write_status(
+                    run,
+                    finished(
+                        run,
+                        Phase.CANCELLED,
+                        "Cancelled",
+                        f"spec.state {run.state.value}: {what} before dispatch",
+                    ),
+                    precondition=True,
+                )
+            )
+        for run in plan.missing_beamline:
+            jobs.append(lambda run=run: self._write_status(run, pending_beamline_missing(run)))
+        for run in plan.finish:
+            jobs.append(lambda run=run: self._write_status(run, final_condition(run), precondition=True))
+        for run in plan.release:
+            jobs.append(lambda run=run: self._remove_finalizer(run))
+        if jobs:
+            await asyncio.gather(*(self._limited(job) for job in jobs))
+        current = [r for r in self.ctl.store.runs_for(self.key) if r.active]
+        self.current_run = min(current, key=lambda r: r.created).name if current else None
+        self.queue_length = len(queue)
+        QUEUE_DEPTH.labels(*self.key).set(len(queue))
+        ACTIVE_RUNS.labels(*self.key).set(len(current))
+
+    async def _limited(self, job: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._sem:
+            return await job()
+
+    # API writes -----------------------------------------------------------------------------
+
+    async def _write_status(self, run: RunView, patch: dict[str, Any], *, precondition: bool = False) -> bool:
+        """Merge-patch the status; with precondition, only over the resourceVersion we decided on."""
+        body = dict(patch)
+        if precondition and run.resource_version >= 0:
+            body["metadata"] = {"resourceVersion": str(run.resource_version)}
+        try:
+            result = await self.ctl.api.merge_patch(_status_path(run), body)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.ctl.forget_run(run.namespace, run.name, run.uid)
+            elif exc.status == 409:
+                self._retry_in(0.05)  # changed meanwhile: decide again on the fresh object
+            else:
+                log.warning("status of %s/%s not written: %s", run.namespace, run.name, exc)
+                self._retry_in(1.0)
+            return False
+        API_WRITES.labels("status").inc()
+        self.ctl.observe_run(result)
+        return True
+
+    async def _add_finalizer(self, run: RunView) -> bool:
+        if run.finalizers:
+            ops = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+        else:
+            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
+        try:
+            result = await self.ctl.api.json_patch(_object_path(run), ops)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.ctl.forget_run(run.namespace, run.name, run.uid)
+            elif exc.status not in (409, 422):
+                log.warning("finalizer not added to %s/%s: %s", run.namespace, run.name, exc)
+            self._retry_in(0.5)
+            return False
+        API_WRITES.labels("finalizer").inc()
+        self.ctl.observe_run(result)
+        return True
+
+    async def _remove_finalizer(self, run: RunView) -> bool:
+        if FINALIZER not in run.finalizers:
+            return True
+        index = run.finalizers.index(FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            result = await self.ctl.api.json_patch(_object_path(run), ops)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.ctl.forget_run(run.namespace, run.name, run.uid)
+                return True
+            log.info("finalizer of %s/%s not removed yet: %s", run.namespace, run.name, exc)
+            self._retry_in(0.5)
+            return False
+        API_WRITES.labels("finalizer").inc()
+        if result.get("metadata", {}).get("deletionTimestamp") and not result["metadata"].get("finalizers"):
+            self.ctl.forget_run(run.namespace, run.name, run.uid)
+        else:
+            self.ctl.observe_run(result)
+        return True
+
+    # Dispatch -------------------------------------------------------------------------------
+
+    async def _dispatch(self, run: RunView, monitor: BeamlineMonitor) -> bool:
+        """Write Dispatched (and the finalizer) then POST the run. True when Dispatched was written."""
+        client = monitor.client
+        if client is None:
+            return False
+        self.saw(run.uid)
+        writes: list[Awaitable[Any]] = [
+            self.ctl.api.merge_patch(_status_path(run), dispatched(run, monitor.endpoint or ""))
+        ]
+        if not run.has_finalizer:
+            writes.append(self._add_finalizer(run))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        status_result = results[0]
+        if isinstance(status_result, ApiError):
+            if status_result.status == 404:
+                self.ctl.forget_run(run.namespace, run.name, run.uid)
+            else:
+                log.warning("could not mark %s/%s Dispatched: %s", run.namespace, run.name, status_result)
+                self._retry_in(1.0)
+            return False
+        if isinstance(status_result, BaseException):
+            log.warning("could not mark %s/%s Dispatched: %r", run.namespace, run.name, status_result)
+            self._retry_in(1.0)
+            return False
+        API_WRITES.labels("status").inc()
+        self.ctl.observe_run(status_result)
+        self.current_run = run.name
+        await self._submit(self._fresh(run), client, monitor)
+        return True
+
+    async def _submit(self, run: RunView, client: WorkerClient, monitor: BeamlineMonitor) -> None:
+        request = RunRequest(
+            id=run.uid,
+            planrun=PlanRunRef(namespace=run.namespace, name=run.name),
+            plan=run.plan,
+            params=dict(run.params),
+            metadata=dict(run.metadata),
+            timeout_seconds=run.timeout_seconds,
+        )
+        try:
+            result = await client.submit(request)
+        except WorkerUnreachable as exc:
+            WORKER_ERRORS.labels(*self.key).inc()
+            log.warning("worker of %s/%s unreachable on dispatch of %s: %s", *self.key, run.name, exc)
+            monitor.mark_unreachable()
+            self._retry_in(1.0)
+            return
+        except WorkerAuthError as exc:
+            WORKER_ERRORS.labels(*self.key).inc()
+            log.warning("worker of %s/%s refused the token: %s", *self.key, exc)
+            monitor.invalidate_token()
+            self._retry_in(1.0)
+            return
+        if result.outcome in (SubmitOutcome.ACCEPTED, SubmitOutcome.KNOWN):
+            self._busy_backoff = 0.02
+            self._submitted.add(run.uid)
+            self._last_check[run.uid] = time.monotonic()
+            first = self._first_seen.get(run.uid)
+            if first is not None:
+                DISPATCH_LATENCY.observe(time.monotonic() - first)
+            log.info("dispatched %s/%s (%s) to %s", run.namespace, run.name, run.plan, client.base_url)
+        elif result.outcome == SubmitOutcome.BUSY:
+            # The worker still finishes its previous run (or runs one we do not know): retry soon.
+            self._retry_in(self._busy_backoff)
+            self._busy_backoff = min(self._busy_backoff * 2, 1.0)
+        else:
+            message = result.message or "rejected by the worker"
+            reason = rejection_reason([e.path for e in result.errors])
+            fresh = self._fresh(run)
+            self.ctl.events.record_run(fresh, reason, message, warning=True)
+            await self._write_status(
+                fresh, finished(fresh, Phase.REJECTED, reason, message), precondition=True
+            )
+
+    # Active runs ----------------------------------------------------------------------------
+
+    async def _reconcile_active(self, run: RunView, monitor: BeamlineMonitor | None) -> None:
+        if not run.active:
+            return
+        client = monitor.client if monitor is not None else None
+        if run.deleting:
+            await self._abort_for_delete(run, client)
+            return
+        if not run.has_finalizer:
+            await self._add_finalizer(run)
+            run = self._fresh(run)
+        if client is not None and run.uid in self._submitted:
+            await self._forward_state(run, client)
+            run = self._fresh(run)
+            if not run.active:
+                return
+        if run.phase == Phase.DISPATCHED and run.uid not in self._submitted:
+            # Dispatched by an earlier life of the operator, or the POST did not get through.
+            if client is None or monitor is None:
+                return
+            try:
+                record = await client.get_run(run.uid)
+            except (WorkerUnreachable, WorkerAuthError):
+                self._retry_in(1.0)
+                return
+            if record is None:
+                if run.state in (PlanRunState.STOP, PlanRunState.ABORT):
+                    await self._write_status(
+                        run,
+                        finished(
+                            run,
+                            Phase.CANCELLED,
+                            "Cancelled",
+                            f"spec.state {run.state.value} before the run started",
+                        ),
+                        precondition=True,
+                    )
+                    return
+                await self._submit(run, client, monitor)
+                return
+            self._submitted.add(run.uid)
+            await self._forward_state(run, client)
+            await self._converge(self._fresh(run), record)
+            return
+        await self._check_liveness(run, client)
+
+    async def _check_liveness(self, run: RunView, client: WorkerClient | None) -> None:
+        now = time.monotonic()
+        if now - self._last_check.get(run.uid, 0.0) < self.ctl.settings.active_poll_seconds:
+            return
+        self._last_check[run.uid] = now
+        record: Any = _LOST
+        if client is not None:
+            try:
+                record = await client.get_run(run.uid)
+            except (WorkerUnreachable, WorkerAuthError):
+                record = _LOST
+        if record is _LOST or record is None:
+            since = self._lost_since.setdefault(run.uid, now)
+            if now - since >= self.ctl.settings.worker_lost_grace_seconds:
+                why = "unreachable" if record is _LOST else "no longer knows the run"
+                message = f"the worker {why} for {now - since:.0f} s (it was restarted or died)"
+                log.warning("%s/%s: WorkerLost: %s", run.namespace, run.name, message)
+                self.ctl.events.record_run(run, "WorkerLost", message, warning=True)
+                await self._write_status(
+                    run, finished(run, Phase.FAILED, "WorkerLost", message), precondition=True
+                )
+            return
+        self._lost_since.pop(run.uid, None)
+        await self._converge(run, record)
+
+    async def _converge(self, run: RunView, record: RunRecord) -> None:
+        if record.phase == run.phase or not may_transition(run.phase, record.phase):
+            return
+        key = (run.uid, record.phase.value)
+        now = time.monotonic()
+        since = self._diverged_since.setdefault(key, now)
+        if now - since < self.ctl.settings.converge_grace_seconds:
+            self._retry_in(self.ctl.settings.converge_grace_seconds)
+            return
+        log.info(
+            "%s/%s: copying the worker's record (%s) into the status", run.namespace, run.name, record.phase
+        )
+        if await self._write_status(run, from_record(run, record), precondition=True):
+            self._diverged_since.pop(key, None)
+
+    async def _forward_state(self, run: RunView, client: WorkerClient) -> None:
+        action: ControlAction | None = None
+        if run.state == PlanRunState.PAUSE and run.phase == Phase.RUNNING:
+            action = ControlAction.PAUSE
+        elif run.state == PlanRunState.RUN and run.phase == Phase.PAUSED:
+            action = ControlAction.RESUME
+        elif run.state == PlanRunState.STOP:
+            action = ControlAction.STOP
+        elif run.state == PlanRunState.ABORT:
+            action = ControlAction.ABORT
+        if action is None or self._forwarded.get(run.uid) == (action, run.generation):
+            return
+        try:
+            status = await client.control(run.uid, action)
+        except (WorkerUnreachable, WorkerAuthError) as exc:
+            log.info("%s/%s: %s not forwarded yet: %s", run.namespace, run.name, action, exc)
+            self._retry_in(1.0)
+            return
+        if 200 <= status < 300:
+            self._forwarded[run.uid] = (action, run.generation)
+            self.ctl.events.record_run(
+                run, "StateForwarded", f"spec.state {run.state.value}: sent {action.value}"
+            )
+        elif (
+            status == 404
+            and run.phase == Phase.DISPATCHED
+            and action in (ControlAction.STOP, ControlAction.ABORT)
+        ):
+            await self._write_status(
+                run,
+                finished(
+                    run, Phase.CANCELLED, "Cancelled", f"spec.state {run.state.value} before the run started"
+                ),
+                precondition=True,
+            )
+        else:
+            self._retry_in(0.5)
+
+    async def _abort_for_delete(self, run: RunView, client: WorkerClient | None) -> None:
+        now = time.monotonic()
+        first = self._abort_sent.get(run.uid)
+        if first is None:
+            self._abort_sent[run.uid] = now
+            if client is not None:
+                try:
+                    await client.control(run.uid, ControlAction.ABORT)
+                    self.ctl.events.record_run(run, "Aborting", "deleted while active: aborting the run")
+                except (WorkerUnreachable, WorkerAuthError):
+                    pass
+            self._retry_in(0.2)
+            return
+        done = now - first > self.ctl.settings.delete_abort_timeout_seconds
+        if not done:
+            try:
+                record = await client.get_run(run.uid) if client is not None else None
+                done = record is None or record.phase not in (Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED)
+            except (WorkerUnreachable, WorkerAuthError):
+                done = now - first > self.ctl.settings.worker_lost_grace_seconds
+        if done:
+            await self._remove_finalizer(run)
+        else:
+            self._retry_in(0.2)

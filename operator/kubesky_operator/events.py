@@ -1,0 +1,96 @@
+"""Kubernetes Events for PlanRun and Beamline transitions, posted in the background.
+
+Posting never delays a dispatch: events go through a bounded queue drained by a few tasks, and
+when the queue is full (a burst of thousands of runs) the oldest are dropped with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from .api import API_VERSION
+from .kubeapi import ApiError, KubeApi, resource_path
+from .planrun_status import now_rfc3339
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "kubesky-operator"
+
+
+class EventRecorder:
+    def __init__(self, api: KubeApi, *, max_pending: int = 2000, senders: int = 2) -> None:
+        self._api = api
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_pending)
+        self._senders = senders
+        self._tasks: list[asyncio.Task[None]] = []
+        self._instance = socket.gethostname()
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._send_loop()) for _ in range(self._senders)]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def record(
+        self,
+        obj: Mapping[str, Any],
+        reason: str,
+        message: str,
+        *,
+        kind: str,
+        warning: bool = False,
+    ) -> None:
+        """Queue an Event about `obj` (a body or anything with metadata name/namespace/uid)."""
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace")
+        if not namespace:
+            return
+        ts = now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'kubesky')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": kind,
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": "kubesky.io/operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": ts,
+            "lastTimestamp": ts,
+            "count": 1,
+        }
+        if self._queue.full():
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            log.debug("event queue full: dropped the oldest event")
+        self._queue.put_nowait(event)
+
+    async def _send_loop(self) -> None:
+        while True:
+            event = await self._queue.get()
+            ns = event["metadata"]["namespace"]
+            try:
+                await self._api.create(resource_path("v1", "events", ns), event)
+            except ApiError as exc:
+                log.debug("event not posted: %s", exc)
+            except Exception as exc:
+                log.debug("event not posted: %r", exc)
+                await asyncio.sleep(0.5)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the operator."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = Gauge(
+    "kubesky_queue_depth", "PlanRuns waiting on a beamline (Pending or Queued).", ["namespace", "beamline"]
+)
+ACTIVE_RUNS = Gauge(
+    "kubesky_active_runs", "PlanRuns Dispatched, Running or Paused on a beamline.", ["namespace", "beamline"]
+)
+RUNS_BY_PHASE = Gauge("kubesky_planruns", "PlanRuns known to the operator, by phase.", ["phase"])
+TRANSITIONS = Counter("kubesky_planrun_transitions_total", "PlanRun phase transitions observed.", ["phase"])
+DISPATCH_LATENCY = Histogram(
+    "kubesky_dispatch_latency_seconds",
+    "From the operator first seeing a PlanRun to the worker accepting it.",
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+WORKER_ERRORS = Counter(
+    "kubesky_worker_errors_total", "Failed calls to beamline workers.", ["namespace", "beamline"]
+)
+API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
+
+
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    if port:
+        start_http_server(port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def phase_changed(old: str | None, new: str | None) -> None:
+    if old == new:
+        return
+    if old:
+        RUNS_BY_PHASE.labels(old).dec()
+    if new:
+        RUNS_BY_PHASE.labels(new).inc()

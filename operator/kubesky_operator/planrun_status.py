@@ -1,0 +1,155 @@
+"""Status patches the operator writes on PlanRuns, with their conditions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .api import Condition, ConditionStatus, Phase, RunRecord, set_condition
+from .queue import RunView
+
+SUCCEEDED = "Succeeded"
+BEAMLINE_NOT_FOUND = "BeamlineNotFound"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _conditions(run: RunView) -> list[Condition]:
+    out = []
+    for raw in run.status.get("conditions") or ():
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue
+    return out
+
+
+def _dump(conditions: list[Condition]) -> list[dict[str, Any]]:
+    return [c.wire() for c in conditions]
+
+
+def with_condition(
+    run: RunView, type_: str, status: ConditionStatus, reason: str, message: str = ""
+) -> list[dict[str, Any]]:
+    return _dump(set_condition(_conditions(run), type_, status, reason, message, run.generation or None))
+
+
+def _set(conds: list[Condition], run: RunView, *args: Any) -> list[Condition]:
+    return set_condition(conds, *args, observed_generation=run.generation or None)
+
+
+def queued(run: RunView, position: int) -> dict[str, Any]:
+    conds = _conditions(run)
+    if any(c.type == BEAMLINE_NOT_FOUND for c in conds):
+        conds = _set(conds, run, BEAMLINE_NOT_FOUND, ConditionStatus.FALSE, "BeamlineFound", "")
+    conds = _set(
+        conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, "Queued", f"position {position} in the queue"
+    )
+    return {
+        "status": {
+            "phase": Phase.QUEUED.value,
+            "queuePosition": position,
+            "reason": "Queued",
+            "message": f"waiting on beamline {run.beamline}",
+            "conditions": _dump(conds),
+            "observedGeneration": run.generation,
+        }
+    }
+
+
+def pending_beamline_missing(run: RunView) -> dict[str, Any]:
+    msg = f'Beamline "{run.beamline}" not found in namespace {run.namespace}'
+    conds = _set(_conditions(run), run, BEAMLINE_NOT_FOUND, ConditionStatus.TRUE, BEAMLINE_NOT_FOUND, msg)
+    conds = _set(conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, BEAMLINE_NOT_FOUND, msg)
+    return {
+        "status": {
+            "phase": Phase.PENDING.value,
+            "reason": BEAMLINE_NOT_FOUND,
+            "message": msg,
+            "conditions": _dump(conds),
+            "observedGeneration": run.generation,
+        }
+    }
+
+
+def dispatched(run: RunView, worker: str) -> dict[str, Any]:
+    conds = _conditions(run)
+    if any(c.type == BEAMLINE_NOT_FOUND for c in conds):
+        conds = _set(conds, run, BEAMLINE_NOT_FOUND, ConditionStatus.FALSE, "BeamlineFound", "")
+    conds = _set(conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, "Dispatched", f"sent to {worker}")
+    return {
+        "status": {
+            "phase": Phase.DISPATCHED.value,
+            "queuePosition": None,
+            "reason": "Dispatched",
+            "message": f"sent to worker {worker}",
+            "worker": worker,
+            "conditions": _dump(conds),
+            "observedGeneration": run.generation,
+        }
+    }
+
+
+def finished(run: RunView, phase: Phase, reason: str, message: str) -> dict[str, Any]:
+    """A terminal phase the operator decides: Rejected, Cancelled, Failed (WorkerLost)."""
+    conds = _set(_conditions(run), run, SUCCEEDED, ConditionStatus.FALSE, reason, message)
+    return {
+        "status": {
+            "phase": phase.value,
+            "queuePosition": None,
+            "reason": reason,
+            "message": message,
+            "completionTime": now_rfc3339(),
+            "conditions": _dump(conds),
+            "observedGeneration": run.generation,
+        }
+    }
+
+
+def final_condition(run: RunView) -> dict[str, Any]:
+    """The Succeeded condition made True/False for a terminal run the worker finished."""
+    phase = run.phase
+    reason = run.status.get("reason") or (phase.value if phase else "Unknown")
+    message = run.status.get("message") or ""
+    if phase == Phase.SUCCEEDED:
+        status, reason = ConditionStatus.TRUE, "Succeeded"
+    else:
+        status = ConditionStatus.FALSE
+    return {"status": {"conditions": with_condition(run, SUCCEEDED, status, reason, message)}}
+
+
+def from_record(run: RunView, rec: RunRecord) -> dict[str, Any]:
+    """Copy the worker's record of a run into the status (a worker write was lost)."""
+    status: dict[str, Any] = {
+        "phase": rec.phase.value,
+        "queuePosition": None,
+        "runUids": rec.run_uids,
+        "documents": rec.documents,
+        "observedGeneration": run.generation,
+    }
+    wire = rec.wire()
+    for key in (
+        "progress",
+        "exitStatus",
+        "reason",
+        "message",
+        "planSetHash",
+        "kafka",
+        "startTime",
+        "completionTime",
+        "worker",
+    ):
+        if key in wire:
+            status[key] = wire[key]
+    if rec.phase == Phase.SUCCEEDED:
+        cond = (ConditionStatus.TRUE, "Succeeded")
+    elif rec.phase in (Phase.RUNNING, Phase.PAUSED, Phase.DISPATCHED):
+        cond = (ConditionStatus.UNKNOWN, rec.phase.value)
+    else:
+        cond = (ConditionStatus.FALSE, rec.reason or rec.phase.value)
+    status["conditions"] = with_condition(run, SUCCEEDED, cond[0], cond[1], rec.message or "")
+    return {"status": status}

@@ -1,0 +1,93 @@
+"""Operator settings: command-line flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "KUBESKY_"
+
+
+class OperatorSettings(BaseModel):
+    """Everything the operator can be told at start."""
+
+    namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all.")
+    kubeconfig: str | None = Field(default=None, description="Kubeconfig path; else in-cluster, $KUBECONFIG.")
+    metrics_port: int = Field(default=9102, ge=0, le=65535, description="Prometheus port; 0 disables.")
+    metrics_host: str = "0.0.0.0"
+    liveness_endpoint: str | None = Field(
+        default=None, description="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz."
+    )
+    worker_image: str = Field(
+        default="ghcr.io/kubesky/kubesky-worker:0.1.0", description="Default worker image."
+    )
+    worker_port: int = Field(default=8080, description="Port of the in-cluster worker's HTTP API.")
+    worker_lost_grace_seconds: float = Field(
+        default=6.0, description="How long a worker may be unreachable or forget its run before WorkerLost."
+    )
+    active_poll_seconds: float = Field(default=1.0, description="How often an active run is checked.")
+    converge_grace_seconds: float = Field(
+        default=2.0,
+        description="How long a worker's status write may lag its record before the operator copies it.",
+    )
+    beamline_refresh_seconds: float = Field(default=3.0, description="Period of the Beamline status refresh.")
+    delete_abort_timeout_seconds: float = Field(
+        default=15.0, description="How long a deleted active run may take to abort before its finalizer goes."
+    )
+    position_writes_per_second: float = Field(
+        default=40.0, description="Budget of queuePosition-only status writes (coalesced)."
+    )
+    write_concurrency: int = Field(default=8, ge=1, description="Parallel phase writes per beamline.")
+    log_level: str = "INFO"
+
+
+def _env_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").replace(" ", ",").split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kubesky-operator", description="kubesky operator: PlanRuns and Beamlines."
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        help="namespace to watch (repeatable; env KUBESKY_NAMESPACES, comma separated); default all",
+    )
+    p.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0 disables; default 9102)")
+    p.add_argument(
+        "--liveness", dest="liveness_endpoint", help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz"
+    )
+    p.add_argument("--worker-image", help="default image of in-cluster workers")
+    p.add_argument("--worker-lost-grace", type=float, dest="worker_lost_grace_seconds")
+    p.add_argument("--beamline-refresh", type=float, dest="beamline_refresh_seconds")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING")
+    p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level DEBUG")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+    """Settings from argv and the environment (KUBESKY_NAMESPACES, KUBESKY_METRICS_PORT, ...)."""
+    env = os.environ if environ is None else environ
+    args = parser().parse_args(argv)
+    values: dict[str, object] = {}
+    for name, field in OperatorSettings.model_fields.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        values[name] = _env_list(raw) if field.annotation == list[str] else raw
+    if env.get("KUBECONFIG") and "kubeconfig" not in values:
+        values["kubeconfig"] = env["KUBECONFIG"]
+    for key, value in vars(args).items():
+        if key == "verbose":
+            if value:
+                values["log_level"] = "DEBUG"
+        elif value is not None:
+            values[key] = value
+    return OperatorSettings.model_validate(values)

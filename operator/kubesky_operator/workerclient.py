@@ -1,0 +1,153 @@
+"""Client of a beamline worker's HTTP API (/v1), authenticated with the beamline's bearer token."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from .api import (
+    ControlAction,
+    ControlRequest,
+    FieldError,
+    PlanCatalogue,
+    RunRecord,
+    RunRequest,
+    WorkerState,
+)
+
+log = logging.getLogger(__name__)
+
+
+class WorkerUnreachable(Exception):
+    """No answer from the worker (connection refused, timeout, 5xx)."""
+
+    def __init__(self, message: str, *, connect_failed: bool = False) -> None:
+        super().__init__(message)
+        #  True when the request surely never reached the worker (connection refused).
+        self.connect_failed = connect_failed
+
+
+class WorkerAuthError(Exception):
+    """The worker refused the token (401/403)."""
+
+
+class SubmitOutcome(StrEnum):
+    ACCEPTED = "accepted"  # 202: a new run
+    KNOWN = "known"  # 200: the same id was already submitted
+    BUSY = "busy"  # 409: another run is active
+    REJECTED = "rejected"  # 422: unknown plan or invalid parameters
+
+
+@dataclass
+class SubmitResult:
+    outcome: SubmitOutcome
+    errors: list[FieldError] = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def message(self) -> str:
+        """The worker's complaint, naming each bad field (e.g. "params.num: Input should be ...")."""
+        if self.errors:
+            return "; ".join(f"{e.path}: {e.msg}" for e in self.errors)
+        return self.detail
+
+
+def parse_error_detail(text: str) -> tuple[list[FieldError], str]:
+    """The worker's ErrorResponse (or a FastAPI-style {"detail": ...}) as field errors or a message."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return [], text.strip()
+    detail: Any = payload.get("detail", payload) if isinstance(payload, dict) else payload
+    if isinstance(detail, str):
+        return [], detail
+    errors: list[FieldError] = []
+    if isinstance(detail, list):
+        for item in detail:
+            try:
+                errors.append(FieldError.model_validate(item))
+            except ValidationError:
+                if isinstance(item, dict):
+                    errors.append(
+                        FieldError(loc=list(item.get("loc") or ["?"]), msg=str(item.get("msg", item)))
+                    )
+                else:
+                    errors.append(FieldError(loc=["?"], msg=str(item)))
+        return errors, ""
+    return [], json.dumps(detail)
+
+
+class WorkerClient:
+    """One worker's API. Cheap to create; shares the operator's aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=5, connect=2)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._session.request(
+                method, url, json=body, headers=self._headers(), timeout=self._timeout
+            ) as resp:
+                text = await resp.text()
+        except aiohttp.ClientConnectorError as exc:
+            raise WorkerUnreachable(f"{method} {url}: {exc}", connect_failed=True) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WorkerUnreachable(f"{method} {url}: {exc!r}") from exc
+        if resp.status in (401, 403):
+            raise WorkerAuthError(f"{method} {url}: {resp.status} {text[:200]}")
+        if resp.status >= 500:
+            raise WorkerUnreachable(f"{method} {url}: {resp.status} {text[:200]}")
+        return resp.status, text
+
+    async def state(self) -> WorkerState:
+        status, text = await self._call("GET", "/v1/state")
+        if status != 200:
+            raise WorkerUnreachable(f"GET /v1/state: {status} {text[:200]}")
+        return WorkerState.model_validate_json(text)
+
+    async def plans(self) -> PlanCatalogue:
+        status, text = await self._call("GET", "/v1/plans")
+        if status != 200:
+            raise WorkerUnreachable(f"GET /v1/plans: {status} {text[:200]}")
+        return PlanCatalogue.model_validate_json(text)
+
+    async def submit(self, request: RunRequest) -> SubmitResult:
+        status, text = await self._call("POST", "/v1/runs", request.wire())
+        if status == 202:
+            return SubmitResult(SubmitOutcome.ACCEPTED)
+        if status == 200:
+            return SubmitResult(SubmitOutcome.KNOWN)
+        if status == 409:
+            return SubmitResult(SubmitOutcome.BUSY, detail=text[:500])
+        if status in (400, 404, 422):
+            errors, detail = parse_error_detail(text)
+            return SubmitResult(SubmitOutcome.REJECTED, errors=errors, detail=detail)
+        raise WorkerUnreachable(f"POST /v1/runs: unexpected {status} {text[:200]}")
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        status, text = await self._call("GET", f"/v1/runs/{run_id}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise WorkerUnreachable(f"GET /v1/runs/{run_id}: {status} {text[:200]}")
+        return RunRecord.model_validate_json(text)
+
+    async def control(self, run_id: str, action: ControlAction) -> int:
+        """Returns the HTTP status: 2xx done, 404 unknown run, 409 not possible in the run's state."""
+        status, _ = await self._call(
+            "POST", f"/v1/runs/{run_id}/control", ControlRequest(action=action).wire()
+        )
+        return status
