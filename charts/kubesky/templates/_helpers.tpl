@@ -1,0 +1,43 @@
+{{/* Name of the operator's RBAC objects. */}}
+{{- define "kubesky.operatorName" -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels. */}}
+{{- define "kubesky.labels" -}}
+app.kubernetes.io/name: kubesky
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The operator's namespaced permissions: its resources, their status and finalizers, Events, and
+the objects it owns for in-cluster workers. It creates worker Roles, so it holds what they grant
+(get/list/watch planruns, get/patch planruns/status). */}}
+{{- define "kubesky.operatorNamespacedRules" -}}
+- apiGroups: ["kubesky.io"]
+  resources: ["planruns", "beamlines"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["kubesky.io"]
+  resources: ["planruns/status", "beamlines/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["kubesky.io"]
+  resources: ["planruns/finalizers", "beamlines/finalizers"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps", "secrets", "services", "serviceaccounts"]
+  verbs: ["get", "create", "update", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "update", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "update", "patch", "delete"]
+{{- end -}}
