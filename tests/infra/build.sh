@@ -48,7 +48,7 @@ build_kafka() {
     log "kafka: resolving the broker's jars from Maven Central"
     local t0=$SECONDS
     rm -rf "$out.tmp"
-    (cd "$dir" && mvn -B -q dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$out.tmp/libs")
+    (cd "$dir" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$out.tmp/libs")
     touch "$out.tmp/.complete"
     rm -rf "$out" && mv "$out.tmp" "$out"
     log "kafka: ready in $((SECONDS - t0)) s"
