@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
@@ -23,8 +22,3 @@ def line_scan(
 ) -> MsgGenerator:
     """Scan one motor in a line, reading one detector at each point."""
     yield from bp.scan([detector], motor, start, stop, num, md=metadata or {})
-
-
-def move_to(motor: Movable, position: float) -> MsgGenerator:
-    """Move a motor to an absolute position (opens no run)."""
-    yield from bps.mv(motor, position)
