@@ -1,0 +1,384 @@
+"""The operator end to end: a real apiserver (RBAC on) and Kafka, the operator as a subprocess under
+the chart's ServiceAccount token, simulated-beamline workers reached through spec.worker.endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from kubesky_operator.api import GROUP, VERSION
+from kubesky_operator.queue import FINALIZER
+
+from tests.helpers.kafka_docs import read_range, validate_documents
+
+from .conftest import (
+    get_pr,
+    kubectl_apply,
+    list_prs,
+    planrun_manifest,
+    wait_for,
+    wait_phase,
+    worker_history,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+SLOW = {"detectors": ["det"], "num": 200, "delay": 0.1}  # ~20 s, checkpoint at every point
+
+
+def quick(num: int = 1) -> dict:
+    return {"detectors": ["det"], "num": num}
+
+
+def test_planrun_succeeds_with_documents_in_kafka(cluster, api, core, namespace, operator, beamlines, kafka):
+    bl = beamlines("sim")
+    name = "count-det"
+    kubectl_apply(
+        cluster, namespace, planrun_manifest(name, "sim", "count", quick(3), metadata={"sample": "si"})
+    )
+    obj = wait_phase(api, namespace, name, "Succeeded", timeout=60)
+    status = obj["status"]
+    assert status["exitStatus"] == "success"
+    assert FINALIZER not in (obj["metadata"].get("finalizers") or [])
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["status"] == "True"
+    assert status["documents"]["event"] == 3
+    k = status["kafka"]
+    docs = read_range(kafka.bootstrap, k["topic"], k["partition"], k["firstOffset"], k["lastOffset"])
+    pairs = [(d.name, d.doc) for d in docs]
+    validate_documents(pairs)
+    assert dict(Counter(n for n, _ in pairs)) == status["documents"]
+    start = pairs[0][1]
+    assert start["uid"] == status["runUids"][0] and start["sample"] == "si"
+    assert start["kubesky"]["planrun"]["uid"] == obj["metadata"]["uid"]
+
+    # The Beamline's status comes from the worker.
+    def ready():
+        b = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "sim")
+        st = b.get("status") or {}
+        return st if st.get("phase") == "Ready" else None
+
+    st = wait_for("Beamline Ready", ready, 15)
+    assert {"count", "scan", "line_scan"} <= {p["name"] for p in st["plans"]}
+    assert st["planCount"] == len(st["plans"]) and st["planSetHash"]
+    assert st["endpoint"] == bl.worker.url
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds == {"WorkerReady": "True", "PlansLoaded": "True"}
+
+    # Events on the transitions.
+    def events():
+        evs = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        reasons = {e.reason for e in evs}
+        return reasons if {"Dispatched", "Succeeded"} <= reasons else None
+
+    wait_for("Events", events, 10)
+    assert operator.metric("kubesky_dispatch_latency_seconds_count") >= 1
+
+
+def test_in_cluster_beamline_objects(cluster, api, namespace, operator):
+    spec = {
+        "plans": {"modules": ["bluesky.plans"], "configMaps": [{"name": "sim-plans"}]},
+        "devices": {"configMaps": [{"name": "sim-devices"}]},
+        "kafka": {"bootstrapServers": "kafka:9092"},
+        "worker": {"resources": {"requests": {"cpu": "100m"}}},
+    }
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Beamline",
+        "metadata": {"name": "insitu"},
+        "spec": spec,
+    }
+    kubectl_apply(cluster, namespace, body)
+    bl = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "insitu")
+    uid = bl["metadata"]["uid"]
+    kinds = {
+        "deployment": "insitu-worker",
+        "service": "insitu-worker",
+        "serviceaccount": "insitu-worker",
+        "role": "insitu-worker",
+        "rolebinding": "insitu-worker",
+        "secret": "insitu-worker-token",
+        "configmap": "insitu-worker-config",
+    }
+    objs = {}
+    for kind, obj_name in kinds.items():
+
+        def get(kind=kind, obj_name=obj_name):
+            p = cluster.kubectl("get", kind, obj_name, "-n", namespace, "-o", "json", check=False)
+            return p.stdout if p.returncode == 0 else None
+
+        objs[kind] = json.loads(wait_for(f"{kind}/{obj_name}", get, 30))
+        (owner,) = objs[kind]["metadata"]["ownerReferences"]
+        assert owner["uid"] == uid and owner["kind"] == "Beamline" and owner["controller"] is True
+    dep = objs["deployment"]["spec"]
+    assert dep["replicas"] == 1 and dep["strategy"]["type"] == "Recreate"
+    pod = dep["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["serviceAccountName"] == "insitu-worker"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/etc/kubesky/plans/sim-plans", "/etc/kubesky/devices/sim-devices"} <= mounts
+    role_rules = objs["role"]["rules"]
+    assert {
+        "apiGroups": ["kubesky.io"],
+        "resources": ["planruns/status"],
+        "verbs": ["get", "patch"],
+    } in role_rules
+    assert objs["rolebinding"]["subjects"][0]["name"] == "insitu-worker"
+    assert "config.yaml" in objs["configmap"]["data"]
+    assert objs["secret"]["data"]["token"]
+
+    # No kubelet: the worker never answers; the Beamline says so.
+    def progressing():
+        b = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "insitu")
+        st = b.get("status") or {}
+        return st if st.get("phase") == "Progressing" else None
+
+    st = wait_for("Beamline Progressing", progressing, 20)
+    assert st["endpoint"] == f"http://insitu-worker.{namespace}.svc:8080"
+    # The garbage collector removes the owned objects with the Beamline.
+    cluster.kubectl("delete", "beamline", "insitu", "-n", namespace, "--wait=true", "--timeout=30s")
+    wait_for(
+        "GC of the Deployment",
+        lambda: (
+            cluster.kubectl("get", "deployment", "insitu-worker", "-n", namespace, check=False).returncode
+            != 0
+        ),
+        60,
+        0.5,
+    )
+
+
+def patch_state(cluster, namespace: str, name: str, state: str) -> None:
+    cluster.kubectl(
+        "patch",
+        "planrun",
+        name,
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        f'{{"spec":{{"state":"{state}"}}}}',
+    )
+
+
+def test_priority_order_of_20_runs(cluster, api, namespace, operator, beamlines):
+    bl = beamlines("sim", suspend=True)
+    priorities = [(i * 7) % 5 - 1 for i in range(20)]  # -1..3, mixed
+    manifests = [
+        planrun_manifest(f"r{i:02d}", "sim", "count", quick(), priority=p) for i, p in enumerate(priorities)
+    ]
+    kubectl_apply(cluster, namespace, *manifests[:10])
+    time.sleep(1.1)  # a second creation timestamp: equal priorities must keep creation order
+    kubectl_apply(cluster, namespace, *manifests[10:])
+    items = list_prs(api, namespace)
+    expected = sorted(
+        items,
+        key=lambda o: (-o["spec"]["priority"], o["metadata"]["creationTimestamp"], o["metadata"]["name"]),
+    )
+    want = {o["metadata"]["name"]: i for i, o in enumerate(expected, start=1)}
+
+    def positions():
+        got = {
+            o["metadata"]["name"]: (o.get("status") or {}).get("queuePosition")
+            for o in list_prs(api, namespace)
+        }
+        return got if got == want else None
+
+    wait_for("queue positions while suspended", positions, 30, 0.2)
+    assert all(o["status"]["phase"] == "Queued" for o in list_prs(api, namespace))
+    cluster.kubectl(
+        "patch", "beamline", "sim", "-n", namespace, "--type", "merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    for o in expected:
+        wait_phase(api, namespace, o["metadata"]["name"], "Succeeded", timeout=60)
+    history = [r["id"] for r in worker_history(bl.worker)]
+    assert history == [o["metadata"]["uid"] for o in expected]
+    starts = [get_pr(api, namespace, o["metadata"]["name"])["status"]["startTime"] for o in expected]
+    assert starts == sorted(starts)
+
+
+def test_two_beamlines_run_at_the_same_time(cluster, api, namespace, operator, beamlines):
+    beamlines("bl-a")
+    beamlines("bl-b")
+    params = {"detectors": ["det"], "num": 30, "delay": 0.1}
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("on-a", "bl-a", "count", params),
+        planrun_manifest("on-b", "bl-b", "count", params),
+    )
+
+    def both_running():
+        phases = [(get_pr(api, namespace, n) or {}).get("status", {}).get("phase") for n in ("on-a", "on-b")]
+        return phases == ["Running", "Running"]
+
+    wait_for("both beamlines running at once", both_running, 30, 0.05)
+    for n in ("on-a", "on-b"):
+        wait_phase(api, namespace, n, "Succeeded", timeout=60)
+
+
+def test_pause_resume_stop_abort_and_cancel(cluster, api, namespace, operator, beamlines):
+    bl = beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("a-slow", "sim", "count", SLOW, priority=10),
+        planrun_manifest("b-queued", "sim", "count", quick(), priority=5),
+        planrun_manifest("c-slow", "sim", "count", SLOW, priority=1),
+    )
+    wait_phase(api, namespace, "a-slow", "Running", timeout=30)
+    assert get_pr(api, namespace, "b-queued")["status"]["phase"] == "Queued"
+    # Stop of a queued run cancels it.
+    patch_state(cluster, namespace, "b-queued", "Stop")
+    b = wait_phase(api, namespace, "b-queued", "Cancelled", timeout=15)
+    assert next(c for c in b["status"]["conditions"] if c["type"] == "Succeeded")["status"] == "False"
+    # Pause, resume, stop of the running one.
+    patch_state(cluster, namespace, "a-slow", "Pause")
+    wait_phase(api, namespace, "a-slow", "Paused", timeout=15)
+    uid_a = get_pr(api, namespace, "a-slow")["metadata"]["uid"]
+    rec = httpx.get(f"{bl.worker.url}/v1/runs/{uid_a}", headers=bl.worker.headers, timeout=5).json()
+    assert rec["phase"] == "Paused"
+    patch_state(cluster, namespace, "a-slow", "Run")
+    wait_phase(api, namespace, "a-slow", "Running", timeout=15)
+    patch_state(cluster, namespace, "a-slow", "Stop")
+    a = wait_phase(api, namespace, "a-slow", "Stopped", timeout=20)
+    assert a["status"]["exitStatus"] == "success"
+    # The next one starts; abort it.
+    wait_phase(api, namespace, "c-slow", "Running", timeout=20)
+    patch_state(cluster, namespace, "c-slow", "Abort")
+    c = wait_phase(api, namespace, "c-slow", "Aborted", timeout=20)
+    assert c["status"]["exitStatus"] == "abort"
+    assert [r["id"] for r in worker_history(bl.worker)] == [a["metadata"]["uid"], c["metadata"]["uid"]]
+
+
+def test_delete_while_running_aborts_then_queue_continues(cluster, api, namespace, operator, beamlines):
+    bl = beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("doomed", "sim", "count", SLOW, priority=1),
+        planrun_manifest("after", "sim", "count", quick()),
+    )
+    doomed = wait_phase(api, namespace, "doomed", "Running", timeout=30)
+    assert FINALIZER in doomed["metadata"]["finalizers"]
+    cluster.kubectl("delete", "planrun", "doomed", "-n", namespace, "--wait=true", "--timeout=30s")
+    assert get_pr(api, namespace, "doomed") is None
+    rec = httpx.get(
+        f"{bl.worker.url}/v1/runs/{doomed['metadata']['uid']}", headers=bl.worker.headers, timeout=5
+    )
+    assert rec.json()["phase"] == "Aborted"
+    wait_phase(api, namespace, "after", "Succeeded", timeout=30)
+    # Deleting a queued run just removes it from the queue.
+    cluster.kubectl(
+        "patch", "beamline", "sim", "-n", namespace, "--type", "merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    kubectl_apply(cluster, namespace, planrun_manifest("gone", "sim", "count", quick()))
+    wait_phase(api, namespace, "gone", "Queued", timeout=15)
+    cluster.kubectl("delete", "planrun", "gone", "-n", namespace, "--wait=true", "--timeout=15s")
+    assert len(worker_history(bl.worker)) == 2
+
+
+def test_rejected_and_beamline_not_found(cluster, api, namespace, operator, beamlines):
+    beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("bad-num", "sim", "count", {"detectors": ["det"], "num": "many"}),
+        planrun_manifest("no-plan", "sim", "no_such_plan", {}),
+        planrun_manifest("waits", "later", "count", quick()),
+    )
+    bad = wait_phase(api, namespace, "bad-num", "Rejected", timeout=30)
+    assert "params.num" in bad["status"]["message"], bad["status"]
+    assert bad["status"]["reason"] == "InvalidParams"
+    nope = wait_phase(api, namespace, "no-plan", "Rejected", timeout=30)
+    assert "no_such_plan" in nope["status"]["message"], nope["status"]
+    waits = wait_phase(api, namespace, "waits", "Pending", timeout=15)
+    assert waits["status"]["reason"] == "BeamlineNotFound"
+    assert any(
+        c["type"] == "BeamlineNotFound" and c["status"] == "True" for c in waits["status"]["conditions"]
+    )
+    beamlines("later")
+    wait_phase(api, namespace, "waits", "Succeeded", timeout=60)
+
+
+def test_operator_sigkill_mid_queue_loses_and_repeats_nothing(cluster, api, namespace, operator, beamlines):
+    bl = beamlines("sim")
+    n = 15
+    params = {"detectors": ["det"], "num": 3, "delay": 0.05}
+    kubectl_apply(
+        cluster, namespace, *[planrun_manifest(f"k{i:02d}", "sim", "count", params) for i in range(n)]
+    )
+    for kill_after in (1, 4, 8):
+
+        def done(kill_after=kill_after):
+            finished = [
+                o for o in list_prs(api, namespace) if (o.get("status") or {}).get("phase") == "Succeeded"
+            ]
+            return len(finished) >= kill_after
+
+        wait_for(f"{kill_after} runs done", done, 60, 0.05)
+        operator.kill()
+        time.sleep(0.5)
+        operator.start()
+    for i in range(n):
+        wait_phase(api, namespace, f"k{i:02d}", "Succeeded", timeout=60)
+    history = worker_history(bl.worker)
+    ids = [r["id"] for r in history]
+    assert len(ids) == len(set(ids)) == n
+    assert {o["metadata"]["uid"] for o in list_prs(api, namespace)} == set(ids)
+    assert all(len(r["runUids"]) == 1 for r in history)
+    metrics = httpx.get(f"{bl.worker.url}/metrics", timeout=5).text
+    runs = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("kubesky_worker_runs_total")
+    )
+    assert runs == n
+
+
+def test_worker_sigkill_mid_run_is_worker_lost_then_queue_continues(
+    cluster, api, namespace, operator, beamlines
+):
+    bl = beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("victim", "sim", "count", SLOW, priority=1),
+        planrun_manifest("next", "sim", "count", quick()),
+    )
+    wait_phase(api, namespace, "victim", "Running", timeout=30)
+    bl.worker.kill()
+    t0 = time.monotonic()
+    victim = wait_phase(api, namespace, "victim", "Failed", timeout=30)
+    elapsed = time.monotonic() - t0
+    assert victim["status"]["reason"] == "WorkerLost" and elapsed <= 30
+    assert (
+        next(c for c in victim["status"]["conditions"] if c["type"] == "Succeeded")["reason"] == "WorkerLost"
+    )
+    assert FINALIZER not in (
+        wait_for(
+            "finalizer released",
+            lambda: (
+                (o := get_pr(api, namespace, "victim"))
+                and FINALIZER not in (o["metadata"].get("finalizers") or [])
+                and o
+            ),
+            10,
+        )["metadata"].get("finalizers")
+        or []
+    )
+    time.sleep(1)
+    assert get_pr(api, namespace, "next")["status"]["phase"] == "Queued"  # held while the worker is down
+    bl.worker.start()
+    wait_phase(api, namespace, "next", "Succeeded", timeout=60)
+    print(f"WorkerLost after {elapsed:.1f} s")
