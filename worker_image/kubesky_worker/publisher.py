@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 RECORD_OVERHEAD = 512  # bytes reserved for record + batch framing when checking the size limit
 MAX_ROUND_RECORDS = 20000
 MAX_ROUND_BYTES = 16 * 1024 * 1024
+MIN_LINGER_MS = 20.0
 
 
 def serializer() -> Callable[[Any], bytes]:
@@ -109,6 +111,13 @@ class Publisher:
         self._pack = serializer()
         self.connected = False
         self.last_error: str | None = None
+        # Pace publish rounds: wait this long after the first new document before draining, so one
+        # thread wake-up and one Kafka round trip carry many documents (kafka.lingerMs, at least
+        # MIN_LINGER_MS; $KUBESKY_PUBLISH_LINGER_MS overrides for experiments).
+        linger_ms = max(kafka.linger_ms, MIN_LINGER_MS) if kafka is not None else 0.0
+        if os.environ.get("KUBESKY_PUBLISH_LINGER_MS"):
+            linger_ms = float(os.environ["KUBESKY_PUBLISH_LINGER_MS"])
+        self._linger = linger_ms / 1000.0
         metrics.set_pending_function(self.pending)
 
     # -- called from other threads ---------------------------------------------------------------
@@ -174,6 +183,14 @@ class Publisher:
                     await self._wake.wait()
                 self._wake.clear()
                 self._idle = False
+            if (
+                self._linger > 0
+                and not self._stopping
+                and len(self._dq) + len(self._backlog) < MAX_ROUND_RECORDS
+            ):
+                # let documents accumulate: fewer, larger rounds and far fewer thread wake-ups,
+                # which keeps the publisher from competing with the RunEngine for the GIL
+                await asyncio.sleep(self._linger)
             touched: set[int] = set()
             self._intake(touched)
             if self._backlog:
