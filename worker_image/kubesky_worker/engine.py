@@ -359,26 +359,34 @@ class Engine:
 
     # -- plans -----------------------------------------------------------------------------------
     def reload(self) -> ReloadResponse:
-        with self._lock:
-            if self._current is not None or self._reloading:
-                self.reload_pending = True
-                ps = self.plans.current
-                return ReloadResponse(
-                    deferred=True, plan_set_hash=ps.hash, load_errors=self.plans.load_errors
-                )
-            self._reloading = True
-            self.reload_pending = False
-        try:
-            swapped, ps = self.plans.reload()
-            self.metrics.reloads.labels("ok" if swapped and not self.plans.load_errors else "error").inc()
-            if self.plans.load_errors:
+        """Reload the plans now, or mark a reload pending while a run (or another reload) is active;
+        whoever finishes the run or the reload in progress then performs it."""
+        while True:
+            with self._lock:
+                if self._current is not None or self._reloading:
+                    self.reload_pending = True
+                    ps = self.plans.current
+                    return ReloadResponse(
+                        deferred=True, plan_set_hash=ps.hash, load_errors=self.plans.load_errors
+                    )
+                self._reloading = True
+                self.reload_pending = False
+            try:
+                swapped, ps = self.plans.reload()
+                self.metrics.reloads.labels("ok" if swapped and not self.plans.load_errors else "error").inc()
                 for err in self.plans.load_errors:
                     log.error("plan load error: %s:%s %s", err.file, err.line or "", err.message)
-            log.info("plan reload: serving %s (%s)", ps.hash[:12], "swapped" if swapped else "kept previous")
-        finally:
-            with self._lock:
-                self._reloading = False
-        return ReloadResponse(deferred=False, plan_set_hash=ps.hash, load_errors=self.plans.load_errors)
+                log.info(
+                    "plan reload: serving %s (%s)", ps.hash[:12], "swapped" if swapped else "kept previous"
+                )
+            finally:
+                with self._lock:
+                    self._reloading = False
+                    again = self.reload_pending and self._current is None
+            if not again:
+                return ReloadResponse(
+                    deferred=False, plan_set_hash=ps.hash, load_errors=self.plans.load_errors
+                )
 
     # -- state -----------------------------------------------------------------------------------
     def state(self) -> WorkerState:

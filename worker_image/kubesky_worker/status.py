@@ -70,6 +70,7 @@ class _Entry:
     next_attempt: float = 0.0
     backoff: float = 0.5
     gone: bool = False
+    foreign: bool = False  # the PlanRun's phase is ahead of ours: write counters only
 
 
 class StatusWriter:
@@ -181,7 +182,7 @@ class StatusWriter:
             if record.phase != e.written_phase:
                 self._write_phase(api, e, record)
             else:
-                self._patch(api, run, self._status_body(record, include_phase=False))
+                self._patch(api, run, self._status_body(record, include_phase=False, counters_only=e.foreign))
             e.written_version = version
             e.last_write = time.monotonic()
             e.backoff = 0.5
@@ -220,12 +221,9 @@ class StatusWriter:
                     current,
                     record.phase.value,
                 )
-                if Phase(current) in TERMINAL_PHASES:
-                    # someone else finished it; write the counters only
-                    self._patch(api, e.run, self._status_body(record, include_phase=False))
-                    e.written_phase = record.phase
-                    return
-                self._patch(api, e.run, self._status_body(record, include_phase=False))
+                # someone else moved it further (e.g. Cancelled): write the counters only
+                e.foreign = True
+                self._patch(api, e.run, self._status_body(record, include_phase=False, counters_only=True))
                 e.written_phase = record.phase
                 return
             conditions = [
@@ -254,22 +252,13 @@ class StatusWriter:
             return
         raise RuntimeError("too many conflicts writing the phase")
 
-    def _status_body(self, record: Any, include_phase: bool) -> dict[str, Any]:
+    def _status_body(self, record: Any, include_phase: bool, counters_only: bool = False) -> dict[str, Any]:
         wire = record.wire()
         status: dict[str, Any] = {}
-        for key in (
-            "startTime",
-            "completionTime",
-            "runUids",
-            "documents",
-            "progress",
-            "exitStatus",
-            "reason",
-            "message",
-            "planSetHash",
-            "kafka",
-            "worker",
-        ):
+        keys = ["runUids", "documents", "progress", "planSetHash", "kafka", "worker"]
+        if not counters_only:
+            keys += ["startTime", "completionTime", "exitStatus", "reason", "message"]
+        for key in keys:
             if key in wire:
                 status[key] = wire[key]
         if include_phase:

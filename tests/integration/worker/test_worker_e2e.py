@@ -400,3 +400,25 @@ def test_catalogue_state_and_metrics(worker):
     assert "kubesky_worker_documents_published_total" in text
     assert "kubesky_worker_publish_latency_seconds_bucket" in text
     assert "kubesky_worker_documents_pending" in text
+
+
+def test_phase_never_goes_backwards(worker, api, namespace):
+    """A PlanRun already terminal (here Cancelled by someone else) keeps its phase; the worker only
+    adds its counters."""
+    pr = create_planrun(api, namespace, "count", {"detectors": ["fast_det"], "num": 2})
+    md = pr["metadata"]
+    api.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        md["namespace"],
+        PLURAL,
+        md["name"],
+        {"status": {"phase": "Cancelled", "reason": "Deleted"}},
+    )
+    assert dispatch(worker, pr).status_code == 202
+    rec = wait_record(worker, md["uid"], terminal)
+    assert rec["phase"] == "Succeeded"
+    status = wait_status(api, pr, lambda s: s.get("documents", {}).get("stop") == 1)
+    assert status["phase"] == "Cancelled"
+    assert status["reason"] == "Deleted"
+    assert "exitStatus" not in status
