@@ -3,7 +3,7 @@ worker's plans directory) to the new plan being runnable (listed by GET /v1/plan
 20 reloads, with 1 and with 50 plan modules. Target p99 <= 500 ms.
 
 A real worker process serves the directory; each reload adds a new plan `probe_<k>` to module 0
-and rewrites every module, as a ConfigMap rollout does. The last probe plan is then run to show
+and rewrites every module (the others unchanged), as a ConfigMap rollout does. The last probe plan is then run to show
 it is runnable, not just listed."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.helpers.worker_process import sim_config, worker_process  # noqa: E40
 
 RELOADS = 20
 
-MODULE = '''"""Plan module {i} of a bench beamline (generation {gen})."""
+MODULE = '''"""Plan module {i} of a bench beamline."""
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
@@ -55,7 +55,7 @@ def probe_{k}() -> MsgGenerator:
 
 
 def sources(modules: int, gen: int) -> dict[str, str]:
-    data = {f"bench_{i:02d}.py": MODULE.format(i=i, gen=gen) for i in range(modules)}
+    data = {f"bench_{i:02d}.py": MODULE.format(i=i) for i in range(modules)}
     data["bench_00.py"] += PROBE.format(k=gen)
     return data
 

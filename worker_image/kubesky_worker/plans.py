@@ -9,6 +9,7 @@ take device names, resolved from the registry during validation (no eval of user
 from __future__ import annotations
 
 import collections.abc as cabc
+import dataclasses
 import enum
 import inspect
 import logging
@@ -317,10 +318,17 @@ class PlanEntry:
         return _axis_args_impl(self, model, params, star)
 
     def info(self) -> PlanInfo:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            schema = self.model.model_json_schema(by_alias=True)
-        return PlanInfo(name=self.name, description=self.description, module=self.module, parameters=schema)
+        # The JSON schema is costly (~1 ms a plan) and GET /v1/plans asks for all of them: build it once.
+        cached = self.__dict__.get("_info")
+        if cached is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                schema = self.model.model_json_schema(by_alias=True)
+            cached = PlanInfo(
+                name=self.name, description=self.description, module=self.module, parameters=schema
+            )
+            self.__dict__["_info"] = cached
+        return cached
 
     def validate(
         self, params: dict[str, Any], devices: Mapping[str, Any]
@@ -425,6 +433,53 @@ def _axis_args_impl(entry: PlanEntry, model: BaseModel, params: dict[str, Any], 
     if axes:
         return [getattr(ax, el) for ax in axes for el in shape]
     return star
+
+
+# Parameter models of plans whose signature and docstring are unchanged are reused on reload:
+# building them dominates reload time (a ConfigMap rollout rewrites every module, most unchanged).
+_ENTRY_CACHE: dict[Any, PlanEntry] = {}
+_ENTRY_CACHE_MAX = 4096
+
+
+def _signature_key(func: Callable[..., Any]) -> Any:
+    """What the parameter model depends on besides the source text: the resolved annotations (a type
+    from a changed sibling module is a new object, so it misses) and the defaults."""
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception:
+        hints = {}
+    sig = inspect.signature(func)
+    key = tuple(
+        (p.name, p.kind, repr(p.default), hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+    )
+    hash(key)  # unhashable annotations: the caller builds without the cache
+    return key
+
+
+def cached_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEntry:
+    # The model depends only on the names, the docstring (descriptions) and the signature.
+    try:
+        key: Any = (
+            module,
+            name,
+            getattr(func, "__name__", ""),
+            getattr(func, "__module__", "") == "bluesky.plans",
+            getattr(func, "__doc__", None),
+            _signature_key(func),
+        )
+    except Exception:
+        return build_plan_entry(name, func, module)
+    entry = _ENTRY_CACHE.get(key)
+    if entry is None:
+        entry = build_plan_entry(name, func, module)
+        if len(_ENTRY_CACHE) >= _ENTRY_CACHE_MAX:
+            _ENTRY_CACHE.clear()
+        _ENTRY_CACHE[key] = entry
+        return entry
+    fresh = dataclasses.replace(entry, func=func, params=list(inspect.signature(func).parameters.values()))
+    if "_info" in entry.__dict__:
+        fresh.__dict__["_info"] = entry.__dict__["_info"]
+    return fresh
 
 
 def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEntry:
@@ -648,7 +703,7 @@ def load_plan_set(config: PlanConfig) -> PlanSet:
                 continue
             for name, fn in plans_of_module(module, defined_here=True).items():
                 try:
-                    plans[name] = build_plan_entry(name, fn, src.path.stem)
+                    plans[name] = cached_plan_entry(name, fn, src.path.stem)
                 except Exception as exc:
                     line = getattr(getattr(fn, "__code__", None), "co_firstlineno", None)
                     errors.append(

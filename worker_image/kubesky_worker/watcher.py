@@ -79,7 +79,7 @@ class PlanWatcher:
                     yield_on_timeout=True,
                     rust_timeout=int(self.poll_seconds * 1000),
                     debounce=300,
-                    step=100,
+                    step=30,  # a kubelet ..data swap is one burst of events within a few ms
                     raise_interrupt=False,
                 ):
                     self.check()
