@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kubesky_operator.api import LoadError
+from kubesky_operator.api.plan_sources import is_plan_file, plan_set_hash
 
 
 @dataclass
@@ -28,7 +28,7 @@ def python_files(directory: str | Path) -> list[SourceFile]:
     if not d.is_dir():
         return out
     for p in sorted(d.iterdir(), key=lambda x: x.name):
-        if p.name.startswith((".", "_")) or p.suffix != ".py":
+        if not is_plan_file(p.name):
             continue
         try:
             if not p.is_file():
@@ -40,23 +40,8 @@ def python_files(directory: str | Path) -> list[SourceFile]:
 
 
 def sources_hash(files: list[SourceFile], modules: list[str], include: list[str] | None = None) -> str:
-    """sha256 over the sorted (file name, content) pairs, then the module list (and include filter)."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: (f.name, f.content)):
-        h.update(f.name.encode())
-        h.update(b"\0")
-        h.update(f.content)
-        h.update(b"\0")
-    h.update(b"modules\0")
-    for m in modules:
-        h.update(m.encode())
-        h.update(b"\0")
-    if include:
-        h.update(b"include\0")
-        for name in sorted(include):
-            h.update(name.encode())
-            h.update(b"\0")
-    return h.hexdigest()
+    """The plan-set hash of the files served (kubesky_operator.api.plan_set_hash, shared with the operator)."""
+    return plan_set_hash([(f.name, f.content) for f in files], modules, include)
 
 
 def error_location(exc: BaseException, filename: str) -> int | None:
