@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import beamline_handlers, metrics, planrun_handlers
+from . import beamline_handlers, metrics, plan_rollout, planrun_handlers
 from .api import GROUP
 from .controller import Controller
 from .settings import OperatorSettings, load
@@ -62,12 +62,16 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         ctl.api.set_credentials(info)
         return info
 
+    rollout = plan_rollout.PlanRollout(ctl)
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        await rollout.stop()
         await ctl.stop()
 
     planrun_handlers.register(registry, ctl)
     beamline_handlers.register(registry, ctl)
+    plan_rollout.register(registry, ctl, rollout)
 
 
 async def run(

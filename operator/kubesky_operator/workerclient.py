@@ -16,6 +16,7 @@ from .api import (
     ControlRequest,
     FieldError,
     PlanCatalogue,
+    ReloadResponse,
     RunRecord,
     RunRequest,
     WorkerState,
@@ -151,3 +152,10 @@ class WorkerClient:
             "POST", f"/v1/runs/{run_id}/control", ControlRequest(action=action).wire()
         )
         return status
+
+    async def reload(self) -> ReloadResponse:
+        """Ask the worker to reload its plans now (it defers the reload while a run is active)."""
+        status, text = await self._call("POST", "/v1/reload")
+        if status not in (200, 202):
+            raise WorkerUnreachable(f"POST /v1/reload: {status} {text[:200]}")
+        return ReloadResponse.model_validate_json(text)

@@ -34,6 +34,12 @@ the objects it owns for in-cluster workers. It creates worker Roles, so it holds
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services", "serviceaccounts"]
   verbs: ["get", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]  # plan rollout: watch the plans ConfigMaps Beamlines reference
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["pods"]  # plan rollout: nudge worker pods so the kubelet re-projects the volume now
+  verbs: ["list", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "update", "patch", "delete"]

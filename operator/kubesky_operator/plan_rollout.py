@@ -1,0 +1,153 @@
+"""Plan rollout: a change to a plans ConfigMap referenced by a Beamline reaches its worker in
+about a second, without a pod restart.
+
+The kubelet re-projects a ConfigMap volume only on its periodic sync (up to a minute or more),
+but at once when the pod itself changes. So on a ConfigMap change the operator annotates the
+worker's pods with the plan-set hash it expects (a nudge), then asks the worker to reload until
+it serves that hash. The worker also watches its plans directory itself; the operator's calls
+make the rollout converge even when a file event is missed, and tell it when it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import kopf
+
+from .api import GROUP
+from .api.plan_sources import configmaps_plan_set_hash
+from .beamline_resources import selector
+from .kubeapi import ApiError, resource_path
+from .workerclient import WorkerAuthError, WorkerUnreachable
+
+if TYPE_CHECKING:
+    from .controller import Controller
+    from .store import BeamlineKey, BeamlineView
+
+log = logging.getLogger(__name__)
+
+NUDGE_ANNOTATION = f"{GROUP}/plan-set-hash"
+ROLLOUT_TIMEOUT = 180.0  # the kubelet's own sync period bounds a rollout even without the nudge
+
+
+class PlanRollout:
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self._tasks: dict[BeamlineKey, asyncio.Task[None]] = {}
+        self.expected: dict[BeamlineKey, str] = {}
+
+    def beamlines_using(self, namespace: str, configmap: str) -> list[BeamlineView]:
+        return [
+            bl
+            for bl in self.ctl.store.beamlines.values()
+            if bl.namespace == namespace
+            and not bl.deleting
+            and any(ref.name == configmap for ref in bl.spec.plans.config_maps)
+        ]
+
+    def referenced(self, namespace: str, configmap: str) -> bool:
+        return bool(self.beamlines_using(namespace, configmap))
+
+    def configmap_changed(self, namespace: str, configmap: str) -> None:
+        for bl in self.beamlines_using(namespace, configmap):
+            self.start(bl.key)
+
+    def start(self, key: BeamlineKey) -> None:
+        old = self._tasks.pop(key, None)
+        if old is not None and not old.done():
+            old.cancel()  # a newer ConfigMap version supersedes the rollout in progress
+        task = asyncio.create_task(self._roll(key), name=f"rollout:{key[0]}/{key[1]}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    async def expected_hash(self, bl: BeamlineView) -> str | None:
+        datas: list[dict[str, str]] = []
+        for ref in bl.spec.plans.config_maps:
+            cm = await self.ctl.api.get(resource_path("v1", "configmaps", bl.namespace, ref.name))
+            if cm is None:
+                return None  # not all there yet: the worker cannot serve it either
+            datas.append(dict(cm.get("data") or {}))
+        return configmaps_plan_set_hash(datas, list(bl.spec.plans.modules), list(bl.spec.plans.include))
+
+    async def _roll(self, key: BeamlineKey) -> None:
+        bl = self.ctl.store.beamlines.get(key)
+        if bl is None:
+            return
+        expected = await self.expected_hash(bl)
+        if expected is None:
+            return
+        self.expected[key] = expected
+        monitor = self.ctl.monitors.get(key)
+        if monitor is not None and monitor.state is not None and monitor.state.plan_set_hash == expected:
+            return
+        if not bl.spec.worker.endpoint:
+            await self._nudge_pods(bl, expected)
+        log.info("beamline %s/%s: rolling out plan set %s", *key, expected[:12])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROLLOUT_TIMEOUT
+        delay = 0.1
+        while loop.time() < deadline:
+            monitor = self.ctl.monitors.get(key)
+            client = monitor.client if monitor is not None else None
+            if client is not None:
+                try:
+                    reply = await client.reload()
+                    if reply.plan_set_hash == expected:
+                        self._done(key, bl, expected)
+                        return
+                    if reply.load_errors and not reply.deferred:
+                        state = await client.state()
+                        if not state.reload_pending:
+                            # The new sources are served to the worker but do not load: the previous
+                            # plans keep serving and the Beamline's PlansLoaded condition says why.
+                            monitor.poke()
+                except (WorkerUnreachable, WorkerAuthError) as exc:
+                    log.debug("beamline %s/%s: reload not possible yet: %s", *key, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        log.warning("beamline %s/%s: worker does not serve plan set %s yet", *key, expected[:12])
+
+    def _done(self, key: BeamlineKey, bl: BeamlineView, expected: str) -> None:
+        log.info("beamline %s/%s: serving plan set %s", *key, expected[:12])
+        monitor = self.ctl.monitors.get(key)
+        if monitor is not None:
+            monitor.poke()  # refresh the catalogue and planSetHash in the Beamline's status now
+        body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
+        self.ctl.events.record(
+            body, "PlansRolledOut", f"worker serves plan set {expected[:12]}", kind="Beamline"
+        )
+
+    async def _nudge_pods(self, bl: BeamlineView, expected: str) -> None:
+        labels = ",".join(f"{k}={v}" for k, v in selector(bl.name).items())
+        path = resource_path("v1", "pods", bl.namespace) + "?labelSelector=" + quote(labels, safe="")
+        try:
+            pods = await self.ctl.api.get(path)
+        except ApiError as exc:
+            log.warning("beamline %s/%s: cannot list worker pods: %s", bl.namespace, bl.name, exc)
+            return
+        for pod in (pods or {}).get("items") or ():
+            name = pod["metadata"]["name"]
+            patch: dict[str, Any] = {"metadata": {"annotations": {NUDGE_ANNOTATION: expected}}}
+            try:
+                await self.ctl.api.merge_patch(resource_path("v1", "pods", bl.namespace, name), patch)
+            except ApiError as exc:
+                log.warning("pod %s/%s not nudged: %s", bl.namespace, name, exc)
+
+
+def register(registry: kopf.OperatorRegistry, ctl: Controller, rollout: PlanRollout) -> None:
+    def referenced(namespace: str | None, name: str | None, **_: Any) -> bool:
+        return bool(namespace and name and rollout.referenced(namespace, name))
+
+    @kopf.on.event("", "v1", "configmaps", registry=registry, when=referenced)
+    async def plans_configmap(namespace: str, name: str, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            return  # the worker keeps serving what it has; the Beamline shows the missing source
+        rollout.configmap_changed(namespace, name)
