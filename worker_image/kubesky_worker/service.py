@@ -68,6 +68,12 @@ class Worker:
             return 200, existing.record()
         ps = self.plans.current
         entry = ps.plans.get(req.plan)
+        if entry is None and self.plans.changed_on_disk():
+            # A PlanRun for a plan just rolled out can arrive before the watcher's reload: reload
+            # now (when idle) rather than reject a plan that is already on disk.
+            self.engine.reload()
+            ps = self.plans.current
+            entry = ps.plans.get(req.plan)
         if entry is None:
             known = ", ".join(sorted(ps.plans)) or "none"
             raise ParamError(
