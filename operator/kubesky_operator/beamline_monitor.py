@@ -18,6 +18,7 @@ from .api import (
     BeamlineStatus,
     Condition,
     ConditionStatus,
+    ControlAction,
     PlanInfo,
     WorkerState,
     set_condition,
@@ -52,6 +53,7 @@ class BeamlineMonitor:
         self._plans: list[PlanInfo] = []
         self._plans_hash: str | None = None
         self._plan_set_changed: str | None = None
+        self._orphan: str | None = None
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +149,7 @@ class BeamlineMonitor:
                 self._plans_hash = catalogue.plan_set_hash
             self.state = state
             self.ready = True
+            self._abort_orphan(state)
             self._ever_ready = True
         except WorkerAuthError as exc:
             self.ready = False
@@ -161,6 +164,31 @@ class BeamlineMonitor:
         elif was_ready and not self.ready:
             log.warning("beamline %s/%s: %s", *self.key, self.error)
         await self.write_status(bl)
+
+    def _abort_orphan(self, state: WorkerState) -> None:
+        """The worker runs a PlanRun that no longer exists (deleted while the operator was away, or
+        before its finalizer landed): abort it once it has been seen orphaned twice in a row."""
+        ref = state.current_planrun
+        if not (self.ctl.indexed and state.current_run and ref is not None):
+            self._orphan = None
+            return
+        run = self.ctl.store.runs.get((ref.namespace, ref.name))
+        if run is not None and run.uid == state.current_run:
+            self._orphan = None
+            return
+        if self._orphan != state.current_run:
+            self._orphan = state.current_run
+            return
+        log.warning(
+            "worker of %s/%s runs %s for a deleted PlanRun %s/%s: aborting",
+            *self.key,
+            state.current_run,
+            ref.namespace,
+            ref.name,
+        )
+        assert self.client is not None
+        task = asyncio.create_task(self.client.control(state.current_run, ControlAction.ABORT))
+        task.add_done_callback(lambda t: t.exception())
 
     def _status(self, bl: BeamlineView) -> BeamlineStatus:
         conditions: list[Condition] = []

@@ -47,7 +47,7 @@ class Controller:
         self.settings = settings
         self.store = Store()
         self.api = KubeApi()
-        self.events = RunEvents(EventRecorder(self.api))
+        self.events = RunEvents(EventRecorder(self.api, per_second=settings.events_per_second))
         self.positions = PositionWriter(
             self.api,
             self.store.runs.get,
@@ -58,6 +58,9 @@ class Controller:
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
         self._worker_session: aiohttp.ClientSession | None = None
         self.started = False
+        # True once kopf has listed every watched kind (it then calls the non-index handlers):
+        # from then on, the index handlers wake dispatchers themselves, a few ms sooner.
+        self.indexed = False
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -139,15 +142,27 @@ class Controller:
     def _transition_event(self, run: RunView) -> None:
         phase = run.phase
         assert phase is not None
-        reason = run.status.get("reason") or phase.value
-        message = run.status.get("message") or f"phase {phase.value}"
+        worker = run.status.get("worker") or "the worker"
+        reason = phase.value
         if phase == Phase.QUEUED:
             message = f"queued on beamline {run.beamline} at position {run.queue_position}"
         elif phase == Phase.DISPATCHED:
-            message = f"dispatched to {run.status.get('worker') or 'the worker'}"
-        self.events.record_run(
-            run, phase.value if phase != Phase.FAILED else reason, message, warning=phase in _WARNING_PHASES
-        )
+            message = f"dispatched to {worker}"
+        elif phase == Phase.RUNNING:
+            message = f"running on {worker}"
+        elif phase == Phase.PAUSED:
+            message = f"paused on {worker}"
+        elif phase == Phase.PENDING:
+            reason = run.status.get("reason") or reason
+            message = run.status.get("message") or "pending"
+        else:
+            if phase == Phase.FAILED:
+                reason = run.status.get("reason") or reason
+            detail = run.status.get("message") or ""
+            exit_status = run.status.get("exitStatus")
+            message = f"{phase.value}" + (f" (exit_status {exit_status})" if exit_status else "")
+            message += f": {detail}" if detail else ""
+        self.events.record_run(run, reason, message, warning=phase in _WARNING_PHASES)
 
     def forget_run(self, namespace: str, name: str, uid: str | None = None) -> None:
         run = self.store.remove_run(namespace, name, uid)
@@ -157,6 +172,8 @@ class Controller:
         self.positions.forget(run.key)
         d = self.dispatchers.get((namespace, run.beamline))
         if d is not None:
+            if run.active and not run.has_finalizer:
+                d.abort_orphan(run)
             d.forget(run.uid)
             d.wake()
 

@@ -41,7 +41,6 @@ from .planrun_status import (
     finished,
     from_record,
     pending_beamline_missing,
-    queued,
 )
 from .queue import FINALIZER, QueuePlan, RunView, plan_beamline
 from .workerclient import SubmitOutcome, WorkerAuthError, WorkerClient, WorkerUnreachable
@@ -84,8 +83,12 @@ class BeamlineDispatcher:
         self._last_check: dict[str, float] = {}
         self._forwarded: dict[str, tuple[ControlAction, int]] = {}
         self._abort_sent: dict[str, float] = {}
+        self._running_since: dict[str, float] = {}
         self._retry_at: float | None = None
-        self._busy_backoff = 0.02
+        self._busy_backoff = 0.005
+        self._t_dispatch = self._t_patched = 0.0
+        self._background: set[asyncio.Task[None]] = set()
+        self._inflight: set[tuple[str, str]] = set()
         self._sem = asyncio.Semaphore(ctl.settings.write_concurrency)
         self.queue_length = 0
         self.current_run: str | None = None
@@ -98,10 +101,11 @@ class BeamlineDispatcher:
             self._task = asyncio.create_task(self._loop(), name=f"dispatch:{self.key[0]}/{self.key[1]}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._background, *([self._task] if self._task is not None else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -110,7 +114,14 @@ class BeamlineDispatcher:
         self._first_seen.setdefault(uid, time.monotonic())
 
     def forget(self, uid: str) -> None:
-        for d in (self._first_seen, self._lost_since, self._last_check, self._forwarded, self._abort_sent):
+        for d in (
+            self._first_seen,
+            self._lost_since,
+            self._last_check,
+            self._forwarded,
+            self._abort_sent,
+            self._running_since,
+        ):
             d.pop(uid, None)
         self._submitted.discard(uid)
         for k in [k for k in self._diverged_since if k[0] == uid]:
@@ -175,48 +186,67 @@ class BeamlineDispatcher:
         return self.ctl.store.runs.get(run.key) or run
 
     async def _housekeeping(self, plan: QueuePlan, dispatched_uid: str | None) -> None:
-        jobs: list[Callable[[], Awaitable[Any]]] = []
+        """Writes that decide nothing run in the background so that the loop is free for the next
+        dispatch at once: Queued and queue positions through the rate-limited PositionWriter;
+        Pending, Cancelled, final conditions and finalizers as tasks. Each write carries a
+        precondition (resourceVersion or a JSON-patch test), so a stale one fails instead of
+        overwriting a newer phase."""
         queue = [self._fresh(r) for r in plan.queue if r.uid != dispatched_uid]
         queue = [r for r in queue if r.waiting and not r.deleting]
         for pos, run in enumerate(queue, start=1):
             self.saw(run.uid)
-            if run.phase != Phase.QUEUED:
-                jobs.append(lambda run=run, pos=pos: self._write_status(run, queued(run, pos)))
-            elif run.queue_position != pos:
+            if run.phase != Phase.QUEUED or run.queue_position != pos:
                 self.ctl.positions.want(run, pos)
-            if not run.has_finalizer:
-                jobs.append(lambda run=run: self._add_finalizer(run))
         for run in plan.cancel:
             what = "stopped" if run.state == PlanRunState.STOP else "aborted"
-            jobs.append(
-                lambda run=run, what=what: self._write_status(
-                    run,
-                    finished(
-                        run,
-                        Phase.CANCELLED,
-                        "Cancelled",
-                        f"spec.state {run.state.value}: {what} before dispatch",
-                    ),
-                    precondition=True,
-                )
+            message = f"spec.state {run.state.value}: {what} before dispatch"
+            self._spawn(
+                run,
+                "cancel",
+                lambda run=run, message=message: self._write_status(
+                    run, finished(run, Phase.CANCELLED, "Cancelled", message), precondition=True
+                ),
             )
         for run in plan.missing_beamline:
-            jobs.append(lambda run=run: self._write_status(run, pending_beamline_missing(run)))
+            self._spawn(
+                run,
+                "pending",
+                lambda run=run: self._write_status(run, pending_beamline_missing(run), precondition=True),
+            )
         for run in plan.finish:
-            jobs.append(lambda run=run: self._write_status(run, final_condition(run), precondition=True))
+            self._spawn(
+                run,
+                "finish",
+                lambda run=run: self._write_status(run, final_condition(run), precondition=True),
+            )
         for run in plan.release:
-            jobs.append(lambda run=run: self._remove_finalizer(run))
-        if jobs:
-            await asyncio.gather(*(self._limited(job) for job in jobs))
+            self._spawn(run, "release", lambda run=run: self._remove_finalizer(run))
         current = [r for r in self.ctl.store.runs_for(self.key) if r.active]
         self.current_run = min(current, key=lambda r: r.created).name if current else None
         self.queue_length = len(queue)
         QUEUE_DEPTH.labels(*self.key).set(len(queue))
         ACTIVE_RUNS.labels(*self.key).set(len(current))
 
-    async def _limited(self, job: Callable[[], Awaitable[Any]]) -> Any:
-        async with self._sem:
-            return await job()
+    def _spawn(self, run: RunView, what: str, job: Callable[[], Awaitable[Any]]) -> None:
+        key = (run.uid, what)
+        if key in self._inflight:
+            return
+        self._inflight.add(key)
+
+        async def go() -> None:
+            try:
+                async with self._sem:
+                    await job()
+            except Exception:
+                log.exception("%s of %s/%s failed", what, run.namespace, run.name)
+                self._retry_in(1.0)
+            finally:
+                self._inflight.discard(key)
+                self.wake()
+
+        task = asyncio.create_task(go())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # API writes -----------------------------------------------------------------------------
 
@@ -241,18 +271,22 @@ class BeamlineDispatcher:
         return True
 
     async def _add_finalizer(self, run: RunView) -> bool:
-        if run.finalizers:
-            ops = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
-        else:
-            ops = [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]
+        if run.has_finalizer:
+            return True
+        patch = {
+            "metadata": {
+                "finalizers": [*run.finalizers, FINALIZER],
+                "resourceVersion": str(run.resource_version),
+            }
+        }
         try:
-            result = await self.ctl.api.json_patch(_object_path(run), ops)
+            result = await self.ctl.api.merge_patch(_object_path(run), patch)
         except ApiError as exc:
             if exc.status == 404:
                 self.ctl.forget_run(run.namespace, run.name, run.uid)
-            elif exc.status not in (409, 422):
+            elif exc.status != 409:
                 log.warning("finalizer not added to %s/%s: %s", run.namespace, run.name, exc)
-            self._retry_in(0.5)
+            self._retry_in(0.2)
             return False
         API_WRITES.labels("finalizer").inc()
         self.ctl.observe_run(result)
@@ -290,27 +324,29 @@ class BeamlineDispatcher:
         if client is None:
             return False
         self.saw(run.uid)
-        writes: list[Awaitable[Any]] = [
-            self.ctl.api.merge_patch(_status_path(run), dispatched(run, monitor.endpoint or ""))
-        ]
-        if not run.has_finalizer:
-            writes.append(self._add_finalizer(run))
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        status_result = results[0]
-        if isinstance(status_result, ApiError):
-            if status_result.status == 404:
+        self._t_dispatch = self._t_patched = time.monotonic()
+        # One write before the POST. The finalizer follows once the worker has written Running (not
+        # earlier: it would race the worker's resourceVersion-checked status write); a deletion in
+        # between is still aborted (Controller.forget_run, BeamlineMonitor orphan check).
+        try:
+            status_result = await self.ctl.api.merge_patch(
+                _status_path(run), dispatched(run, monitor.endpoint or "")
+            )
+        except ApiError as exc:
+            if exc.status == 404:
                 self.ctl.forget_run(run.namespace, run.name, run.uid)
             else:
-                log.warning("could not mark %s/%s Dispatched: %s", run.namespace, run.name, status_result)
+                log.warning("could not mark %s/%s Dispatched: %s", run.namespace, run.name, exc)
                 self._retry_in(1.0)
             return False
-        if isinstance(status_result, BaseException):
-            log.warning("could not mark %s/%s Dispatched: %r", run.namespace, run.name, status_result)
+        except Exception as exc:
+            log.warning("could not mark %s/%s Dispatched: %r", run.namespace, run.name, exc)
             self._retry_in(1.0)
             return False
         API_WRITES.labels("status").inc()
         self.ctl.observe_run(status_result)
         self.current_run = run.name
+        self._t_patched = time.monotonic()
         await self._submit(self._fresh(run), client, monitor)
         return True
 
@@ -338,13 +374,21 @@ class BeamlineDispatcher:
             self._retry_in(1.0)
             return
         if result.outcome in (SubmitOutcome.ACCEPTED, SubmitOutcome.KNOWN):
-            self._busy_backoff = 0.02
+            self._busy_backoff = 0.005
             self._submitted.add(run.uid)
             self._last_check[run.uid] = time.monotonic()
             first = self._first_seen.get(run.uid)
             if first is not None:
                 DISPATCH_LATENCY.observe(time.monotonic() - first)
-            log.info("dispatched %s/%s (%s) to %s", run.namespace, run.name, run.plan, client.base_url)
+            log.info(
+                "dispatched %s/%s (%s) to %s: %.1f ms after it was seen (Dispatched written in %.1f ms)",
+                run.namespace,
+                run.name,
+                run.plan,
+                client.base_url,
+                (time.monotonic() - first) * 1000 if first is not None else -1.0,
+                (self._t_patched - self._t_dispatch) * 1000,
+            )
         elif result.outcome == SubmitOutcome.BUSY:
             # The worker still finishes its previous run (or runs one we do not know): retry soon.
             self._retry_in(self._busy_backoff)
@@ -367,9 +411,16 @@ class BeamlineDispatcher:
         if run.deleting:
             await self._abort_for_delete(run, client)
             return
-        if not run.has_finalizer:
-            await self._add_finalizer(run)
-            run = self._fresh(run)
+        if not run.has_finalizer and run.phase in (Phase.RUNNING, Phase.PAUSED):
+            # Once the run has lasted a moment: a trivial run is over before then, and the write
+            # would only collide with the worker's own. Earlier deletions are aborted from the
+            # delete event (Controller.forget_run) and the monitor's orphan check.
+            since = self._running_since.setdefault(run.uid, time.monotonic())
+            wait = self.ctl.settings.finalizer_delay_seconds - (time.monotonic() - since)
+            if wait <= 0:
+                self._spawn(run, "finalizer", lambda run=run: self._add_finalizer(run))
+            else:
+                self._retry_in(wait)
         if client is not None and run.uid in self._submitted:
             await self._forward_state(run, client)
             run = self._fresh(run)
@@ -419,8 +470,8 @@ class BeamlineDispatcher:
         if record is _LOST or record is None:
             since = self._lost_since.setdefault(run.uid, now)
             if now - since >= self.ctl.settings.worker_lost_grace_seconds:
-                why = "unreachable" if record is _LOST else "no longer knows the run"
-                message = f"the worker {why} for {now - since:.0f} s (it was restarted or died)"
+                why = "was unreachable" if record is _LOST else "no longer knew the run"
+                message = f"the worker {why} for {now - since:.0f} s (it died or was restarted mid-run)"
                 log.warning("%s/%s: WorkerLost: %s", run.namespace, run.name, message)
                 self.ctl.events.record_run(run, "WorkerLost", message, warning=True)
                 await self._write_status(
@@ -482,6 +533,23 @@ class BeamlineDispatcher:
             )
         else:
             self._retry_in(0.5)
+
+    def abort_orphan(self, run: RunView) -> None:
+        """An active run deleted before its finalizer landed: abort it on the worker, best effort."""
+        monitor = self.ctl.monitors.get(self.key)
+        client = monitor.client if monitor is not None else None
+        if client is None:
+            return
+
+        async def abort() -> None:
+            try:
+                await client.control(run.uid, ControlAction.ABORT)
+            except (WorkerUnreachable, WorkerAuthError) as exc:
+                log.warning("%s/%s deleted while active; abort failed: %s", run.namespace, run.name, exc)
+
+        task = asyncio.create_task(abort())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _abort_for_delete(self, run: RunView, client: WorkerClient | None) -> None:
         now = time.monotonic()

@@ -1,7 +1,8 @@
 """Kubernetes Events for PlanRun and Beamline transitions, posted in the background.
 
-Posting never delays a dispatch: events go through a bounded queue drained by a few tasks, and
-when the queue is full (a burst of thousands of runs) the oldest are dropped with a log line.
+Posting never delays a dispatch: events go through a bounded queue drained by a few tasks within a
+budget of events per second, and when the queue is full (a burst of thousands of runs) the oldest
+are dropped.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ COMPONENT = "kubesky-operator"
 
 
 class EventRecorder:
-    def __init__(self, api: KubeApi, *, max_pending: int = 2000, senders: int = 2) -> None:
+    def __init__(
+        self, api: KubeApi, *, max_pending: int = 1000, senders: int = 2, per_second: float = 25.0
+    ) -> None:
         self._api = api
+        self._interval = senders / per_second if per_second > 0 else 0.0
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_pending)
         self._senders = senders
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,3 +98,5 @@ class EventRecorder:
             except Exception as exc:
                 log.debug("event not posted: %r", exc)
                 await asyncio.sleep(0.5)
+            if self._interval:
+                await asyncio.sleep(self._interval)

@@ -15,10 +15,13 @@ from .controller import Controller
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     @kopf.index(GROUP, VERSION, "planruns", registry=registry, id="planrun-store")
     async def planrun_store(body: kopf.Body, **_: Any) -> None:
-        ctl.observe_run(body)
+        run = ctl.observe_run(body)
+        if ctl.indexed:
+            ctl.wake((run.namespace, run.beamline))
 
     @kopf.on.event(GROUP, VERSION, "planruns", registry=registry, id="planrun-event")
     async def planrun_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        ctl.indexed = True
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         key = (meta.get("namespace", ""), spec.get("beamline", ""))

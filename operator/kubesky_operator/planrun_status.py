@@ -85,8 +85,9 @@ def dispatched(run: RunView, worker: str) -> dict[str, Any]:
         "status": {
             "phase": Phase.DISPATCHED.value,
             "queuePosition": None,
-            "reason": "Dispatched",
-            "message": f"sent to worker {worker}",
+            # Cleared: the worker writes its own from Running on, and does not clear ours.
+            "reason": None,
+            "message": None,
             "worker": worker,
             "conditions": _dump(conds),
             "observedGeneration": run.generation,

@@ -1,10 +1,13 @@
-"""Coalescing, rate-limited writer of status.queuePosition.
+"""Coalescing, rate-limited writer of the queue's status: Queued (with its position) for new runs,
+and status.queuePosition for runs already Queued.
 
 Every dispatch shifts every position behind it, so writing positions eagerly costs O(n²) API
-writes for a deep queue. Positions are instead recorded as wishes (the latest wins) and written
-in the background within a budget of writes per second, after the phase writes that matter for
-latency. Each write is a JSON patch that first tests the phase is still Queued, so a position
-never lands on a run that has meanwhile been dispatched.
+writes for a deep queue, and a burst of new runs costs one write each before anything else can
+use the apiserver. Dispatch decisions do not depend on these writes, so they are recorded as
+wishes (the latest wins) and written in the background within a budget of writes per second,
+Queued before plain positions and the head of a queue first. Each write carries a precondition
+(the resourceVersion it was computed from, or a JSON-patch test that the phase is still Queued),
+so it never lands on a run that has meanwhile moved on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from .api import API_VERSION, Phase
 from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import API_WRITES
+from .planrun_status import queued
 from .queue import RunView
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ class PositionWriter:
         lookup: Callable[[Key], RunView | None],
         observe: Callable[[dict[str, Any]], None],
         *,
-        per_second: float = 40.0,
+        per_second: float = 30.0,
     ) -> None:
         self._api = api
         self._lookup = lookup
@@ -52,6 +56,7 @@ class PositionWriter:
             self._task = None
 
     def want(self, run: RunView, position: int) -> None:
+        """Run `run` should show phase Queued at `position` (1-based)."""
         self._wanted[run.key] = (run.uid, position)
         self._signal.set()
 
@@ -62,36 +67,62 @@ class PositionWriter:
     def pending(self) -> int:
         return len(self._wanted)
 
+    def _next(self) -> tuple[RunView, int] | None:
+        """The most useful write: a run not yet Queued before a position; the head first."""
+        best: tuple[tuple[int, int], RunView, int] | None = None
+        for key, (uid, position) in list(self._wanted.items()):
+            run = self._lookup(key)
+            if run is None or run.uid != uid or not run.waiting or run.deleting:
+                del self._wanted[key]
+                continue
+            if run.phase == Phase.QUEUED and run.queue_position == position:
+                del self._wanted[key]
+                continue
+            rank = (0 if run.phase != Phase.QUEUED else 1, position)
+            if best is None or rank < best[0]:
+                best = (rank, run, position)
+        if best is None:
+            return None
+        del self._wanted[best[1].key]
+        return best[1], best[2]
+
     async def _loop(self) -> None:
         while True:
             await self._signal.wait()
             self._signal.clear()
-            while self._wanted:
-                key = next(iter(self._wanted))
-                uid, position = self._wanted.pop(key)
-                run = self._lookup(key)
-                if (
-                    run is None
-                    or run.uid != uid
-                    or run.phase != Phase.QUEUED
-                    or run.queue_position == position
-                ):
-                    continue
-                ops = [
-                    {"op": "test", "path": "/metadata/uid", "value": uid},
-                    {"op": "test", "path": "/status/phase", "value": Phase.QUEUED.value},
-                    {"op": "add", "path": "/status/queuePosition", "value": position},
-                ]
-                path = resource_path(API_VERSION, "planruns", run.namespace, run.name, "status")
-                try:
-                    body = await self._api.json_patch(path, ops)
-                    API_WRITES.labels("queuePosition").inc()
-                    self._observe(body)
-                except ApiError as exc:
-                    if exc.status not in (404, 409, 422):
-                        log.warning("queuePosition of %s/%s not written: %s", run.namespace, run.name, exc)
-                except Exception as exc:
-                    log.warning("queuePosition of %s/%s not written: %r", run.namespace, run.name, exc)
-                    await asyncio.sleep(1)
+            while True:
+                item = self._next()
+                if item is None:
+                    break
+                await self._write(*item)
                 if self._interval:
                     await asyncio.sleep(self._interval)
+
+    async def _write(self, run: RunView, position: int) -> None:
+        path = resource_path(API_VERSION, "planruns", run.namespace, run.name, "status")
+        try:
+            if run.phase == Phase.QUEUED:
+                body = await self._api.json_patch(
+                    path,
+                    [
+                        {"op": "test", "path": "/metadata/uid", "value": run.uid},
+                        {"op": "test", "path": "/status/phase", "value": Phase.QUEUED.value},
+                        {"op": "add", "path": "/status/queuePosition", "value": position},
+                    ],
+                )
+                API_WRITES.labels("queuePosition").inc()
+            else:
+                patch = queued(run, position)
+                patch["metadata"] = {"resourceVersion": str(run.resource_version)}
+                body = await self._api.merge_patch(path, patch)
+                API_WRITES.labels("status").inc()
+            self._observe(body)
+        except ApiError as exc:
+            if exc.status == 409:
+                # Changed meanwhile (e.g. spec.state): the dispatcher will ask again if still needed.
+                self._signal.set()
+            elif exc.status not in (404, 422):
+                log.warning("queue status of %s/%s not written: %s", run.namespace, run.name, exc)
+        except Exception as exc:
+            log.warning("queue status of %s/%s not written: %r", run.namespace, run.name, exc)
+            await asyncio.sleep(1)

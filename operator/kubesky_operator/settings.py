@@ -37,8 +37,13 @@ class OperatorSettings(BaseModel):
     delete_abort_timeout_seconds: float = Field(
         default=15.0, description="How long a deleted active run may take to abort before its finalizer goes."
     )
+    finalizer_delay_seconds: float = Field(
+        default=0.5,
+        description="How long a run has been Running before the abort-on-delete finalizer is added.",
+    )
+    events_per_second: float = Field(default=10.0, description="Budget of Kubernetes Events posted.")
     position_writes_per_second: float = Field(
-        default=40.0, description="Budget of queuePosition-only status writes (coalesced)."
+        default=30.0, description="Budget of Queued/queuePosition status writes (coalesced)."
     )
     write_concurrency: int = Field(default=8, ge=1, description="Parallel phase writes per beamline.")
     log_level: str = "INFO"

@@ -4,15 +4,10 @@ through spec.worker.endpoint, each writing PlanRun status with a least-privilege
 
 from __future__ import annotations
 
-import base64
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,148 +16,18 @@ import pytest
 import yaml
 from kubernetes import client
 from kubesky_operator.api import GROUP, VERSION
-from kubesky_operator.beamline_resources import role
 
+from tests.helpers.beamlines import external_beamline, worker_identity
+from tests.helpers.operator_process import OperatorProcess, operator_identity
 from tests.helpers.worker_process import WorkerProcess, sim_config
-from tests.infra.services import REPO_ROOT, free_port
 
-OPERATOR_BIN = Path(sys.executable).parent / "kubesky-operator"
-OPERATOR_NAMESPACE = "kubesky-system"
-OPERATOR_SA = "kubesky-operator"
 TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted", "Rejected", "Cancelled"}
-
-
-def render_chart_rbac(cluster) -> str:
-    """The chart's operator RBAC, rendered by helm (or, without helm, read from a prior render)."""
-    proc = cluster.helm(
-        "template",
-        "kubesky",
-        str(REPO_ROOT / "charts" / "kubesky"),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--show-only",
-        "templates/operator-rbac.yaml",
-        "--set",
-        f"operator.serviceAccount.name={OPERATOR_SA}",
-    )
-    return proc.stdout
-
-
-def request_token(api_client, namespace: str, service_account: str, hours: int = 6) -> str:
-    core = client.CoreV1Api(api_client)
-    req = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=hours * 3600)
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return core.create_namespaced_service_account_token(service_account, namespace, req).status.token
-        except client.ApiException as exc:  # the ServiceAccount may not be visible yet
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster, crds, tmp_path_factory) -> Path:
-    """A kubeconfig with a token of the chart's operator ServiceAccount."""
-    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    cluster.kubectl("apply", "-f", "-", input=render_chart_rbac(cluster))
-    token = request_token(cluster.api_client(), OPERATOR_NAMESPACE, OPERATOR_SA)
-    return cluster.token_kubeconfig(token, tmp_path_factory.mktemp("operator") / "operator.kubeconfig")
-
-
-@dataclass
-class OperatorProcess:
-    kubeconfig: Path
-    workdir: Path
-    extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
-    health_port: int = 0
-    starts: int = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "operator.log"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        self.metrics_port, self.health_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESKY_") and k != "KUBECONFIG"}
-        env["PYTHONUNBUFFERED"] = "1"
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"---- start #{self.starts}\n".encode())
-            self.proc = subprocess.Popen(
-                [
-                    str(OPERATOR_BIN),
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--liveness",
-                    f"http://127.0.0.1:{self.health_port}/healthz",
-                    *self.extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"operator exited {self.proc.returncode}:\n{self.log_tail()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"operator not healthy:\n{self.log_tail()}"
-            time.sleep(0.1)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as a crashed pod."""
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 80) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def errors(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        text = httpx.get(self.metrics_url, timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if labels and not all(f'{k}="{v}"' in line for k, v in labels.items()):
-                continue
-            total += float(line.rsplit(" ", 1)[1])
-        return total
+    """A kubeconfig with a token of the chart's operator ServiceAccount (never admin)."""
+    return operator_identity(cluster, tmp_path_factory.mktemp("operator"))
 
 
 @pytest.fixture(scope="session")
@@ -206,26 +71,7 @@ def core(cluster) -> client.CoreV1Api:
 @pytest.fixture
 def worker_kubeconfig(cluster, namespace, tmp_path) -> Path:
     """A least-privilege worker identity in the test namespace (the Role the operator renders)."""
-    rb_role = role("worker", namespace, "unused")
-    rb_role["metadata"] = {"name": "kubesky-worker", "namespace": namespace}
-    docs = [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "kubesky-worker", "namespace": namespace},
-        },
-        rb_role,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": "kubesky-worker", "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubesky-worker"},
-            "subjects": [{"kind": "ServiceAccount", "name": "kubesky-worker", "namespace": namespace}],
-        },
-    ]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    token = request_token(cluster.api_client(), namespace, "kubesky-worker")
-    return cluster.token_kubeconfig(token, tmp_path / "worker.kubeconfig")
+    return worker_identity(cluster, namespace, tmp_path / "worker.kubeconfig")
 
 
 @dataclass
@@ -258,27 +104,10 @@ def beamlines(cluster, namespace, kafka, worker_kubeconfig, tmp_path) -> Iterato
 
 
 def apply_beamline(cluster, bl: Beamline, *, suspend: bool = False, **spec: Any) -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": f"{bl.name}-token", "namespace": bl.namespace},
-        "data": {"token": base64.b64encode(bl.worker.token.encode()).decode()},
-    }
-    beamline = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Beamline",
-        "metadata": {"name": bl.name, "namespace": bl.namespace},
-        "spec": {
-            "worker": {
-                "endpoint": bl.worker.url,
-                "tokenSecretRef": {"name": f"{bl.name}-token", "key": "token"},
-            },
-            "kafka": {"bootstrapServers": "unused:9092", "topic": bl.topic},
-            "suspend": suspend,
-            **spec,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, beamline]))
+    docs = external_beamline(
+        bl.name, bl.namespace, bl.worker.url, bl.worker.token, topic=bl.topic, suspend=suspend, **spec
+    )
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
 # Helpers ------------------------------------------------------------------------------------

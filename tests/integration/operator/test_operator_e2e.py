@@ -270,7 +270,15 @@ def test_delete_while_running_aborts_then_queue_continues(cluster, api, namespac
         planrun_manifest("after", "sim", "count", quick()),
     )
     doomed = wait_phase(api, namespace, "doomed", "Running", timeout=30)
-    assert FINALIZER in doomed["metadata"]["finalizers"]
+    doomed = wait_for(
+        "abort-on-delete finalizer",
+        lambda: (
+            (o := get_pr(api, namespace, "doomed"))
+            and FINALIZER in (o["metadata"].get("finalizers") or [])
+            and o
+        ),
+        10,
+    )
     cluster.kubectl("delete", "planrun", "doomed", "-n", namespace, "--wait=true", "--timeout=30s")
     assert get_pr(api, namespace, "doomed") is None
     rec = httpx.get(

@@ -1,0 +1,317 @@
+"""Operator benchmark (`make bench-operator`): real apiserver, Kafka, workers and the operator
+(as a subprocess under the chart's ServiceAccount token), all started here with tests/infra.
+
+1. latency: N sequential trivial PlanRuns (count of fast_det, 1 event) on one beamline, each
+   created after the previous one succeeded; time from the create call returning... no: from just
+   before the create call to the watch showing Running, and to Succeeded; p50/p99.
+   Targets: p50 <= 30 ms and p99 <= 100 ms to Running.
+2. throughput: M PlanRuns over B beamlines (one worker process each), created as fast as the
+   client can; runs/s from the first create to the last Succeeded, and the operator's peak RSS.
+   Targets: >= 25 runs/s, <= 150 MB.
+Prints the figures (and --json writes them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
+from kubesky_operator.api import GROUP, VERSION  # noqa: E402
+
+from tests.helpers.beamlines import external_beamline, worker_identity  # noqa: E402
+from tests.helpers.operator_process import OperatorProcess, operator_identity  # noqa: E402
+from tests.helpers.worker_process import WorkerProcess, sim_config  # noqa: E402
+from tests.infra.services import ControlPlane, Kafka, build  # noqa: E402
+
+TRIVIAL = {"detectors": ["fast_det"], "num": 1}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+class PhaseWatcher:
+    """Records when each PlanRun of a namespace is first seen in each phase (one watch stream)."""
+
+    def __init__(self, api_client: Any, namespace: str) -> None:
+        self.api = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self.seen: dict[tuple[str, str], float] = {}
+        self.cond = threading.Condition()
+        self._stop = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> PhaseWatcher:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def _run(self) -> None:
+        rv = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "planruns")["metadata"][
+            "resourceVersion"
+        ]
+        self._ready.set()
+        while not self._stop:
+            w = watch.Watch()
+            try:
+                for ev in w.stream(
+                    self.api.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    "planruns",
+                    resource_version=rv,
+                    timeout_seconds=300,
+                ):
+                    now = time.perf_counter()
+                    obj = ev["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    phase = (obj.get("status") or {}).get("phase")
+                    if phase:
+                        key = (obj["metadata"]["name"], phase)
+                        with self.cond:
+                            if key not in self.seen:
+                                self.seen[key] = now
+                                self.cond.notify_all()
+                    if self._stop:
+                        return
+            except Exception as exc:  # reconnect
+                log(f"watch restarted: {exc!r}")
+                time.sleep(0.1)
+
+    def wait(self, name: str, phase: str, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while (name, phase) not in self.seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{name} never reached {phase}")
+                self.cond.wait(left)
+            return self.seen[(name, phase)]
+
+    def count(self, phase: str) -> int:
+        with self.cond:
+            return sum(1 for (_, p) in self.seen if p == phase)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def planrun(name: str, beamline: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PlanRun",
+        "metadata": {"name": name},
+        "spec": {"beamline": beamline, "plan": "count", "params": TRIVIAL},
+    }
+
+
+def wait_ready(api: client.CustomObjectsApi, namespace: str, names: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines")["items"]
+        ready = {b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Ready"}
+        if set(names) <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"beamlines not Ready: {sorted(set(names) - ready)}")
+        time.sleep(0.2)
+
+
+def start_workers(
+    n: int, prefix: str, namespace: str, kafka: Kafka, worker_kc: Path, root: Path
+) -> list[WorkerProcess]:
+    workers = []
+    for i in range(n):
+        name = f"{prefix}{i}"
+        cfg = sim_config(name, kafka=kafka.bootstrap, topic=f"bench.{name}.documents", kubeconfig=worker_kc)
+        workers.append(WorkerProcess(cfg, root / f"worker-{name}"))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda w: w.start(180), workers))
+    return workers
+
+
+def latency_phase(
+    cp: ControlPlane, kafka: Kafka, root: Path, n: int, workers: list[WorkerProcess]
+) -> dict[str, Any]:
+    ns = "bench-latency"
+    cp.kubectl("create", "namespace", ns)
+    worker_kc = worker_identity(cp, ns, root / "latency" / "worker.kubeconfig")
+    (w,) = start_workers(1, "lat", ns, kafka, worker_kc, root)
+    workers.append(w)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(external_beamline("lat0", ns, w.url, w.token)))
+    api = client.CustomObjectsApi(cp.api_client())
+    wait_ready(api, ns, ["lat0"])
+    watcher = PhaseWatcher(cp.api_client(), ns).start()
+    for i in range(5):  # warm-up: connections, imports, the worker's first run
+        name = f"warm-{i}"
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, "planruns", planrun(name, "lat0"))
+        watcher.wait(name, "Succeeded")
+    to_running, to_succeeded = [], []
+    for i in range(n):
+        name = f"seq-{i:04d}"
+        t0 = time.perf_counter()
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, "planruns", planrun(name, "lat0"))
+        t_run = watcher.wait(name, "Running")
+        t_done = watcher.wait(name, "Succeeded")
+        to_running.append((t_run - t0) * 1000)
+        to_succeeded.append((t_done - t0) * 1000)
+    watcher.stop()
+    return {
+        "runs": n,
+        "to_running_ms": {
+            "p50": pct(to_running, 50),
+            "p99": pct(to_running, 99),
+            "mean": statistics.mean(to_running),
+        },
+        "to_succeeded_ms": {
+            "p50": pct(to_succeeded, 50),
+            "p99": pct(to_succeeded, 99),
+            "mean": statistics.mean(to_succeeded),
+        },
+    }
+
+
+def throughput_phase(
+    cp: ControlPlane, kafka: Kafka, root: Path, total: int, beamlines: int, workers: list[WorkerProcess]
+) -> dict[str, Any]:
+    ns = "bench-throughput"
+    cp.kubectl("create", "namespace", ns)
+    worker_kc = worker_identity(cp, ns, root / "throughput" / "worker.kubeconfig")
+    ws = start_workers(beamlines, "tp", ns, kafka, worker_kc, root)
+    workers.extend(ws)
+    docs = []
+    for i, w in enumerate(ws):
+        docs += external_beamline(f"tp{i}", ns, w.url, w.token)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    api_client = cp.api_client()
+    api = client.CustomObjectsApi(api_client)
+    names = [f"tp{i}" for i in range(beamlines)]
+    wait_ready(api, ns, names)
+    watcher = PhaseWatcher(cp.api_client(), ns).start()
+    runs = [(f"run-{i:05d}", names[i % beamlines]) for i in range(total)]
+    apis = [client.CustomObjectsApi(cp.api_client()) for _ in range(8)]
+    t0 = time.perf_counter()
+
+    def create(i_run: tuple[int, tuple[str, str]]) -> None:
+        i, (name, bl) = i_run
+        apis[i % len(apis)].create_namespaced_custom_object(GROUP, VERSION, ns, "planruns", planrun(name, bl))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, enumerate(runs)))
+    t_created = time.perf_counter()
+    last = 0.0
+    for name, _ in runs:
+        last = max(last, watcher.wait(name, "Succeeded", timeout=600))
+    watcher.stop()
+    elapsed = last - t0
+    return {
+        "runs": total,
+        "beamlines": beamlines,
+        "create_seconds": t_created - t0,
+        "elapsed_seconds": elapsed,
+        "runs_per_second": total / elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sequential", type=int, default=100, help="runs of the latency phase (0 skips)")
+    p.add_argument("--total", type=int, default=1000, help="runs of the throughput phase (0 skips)")
+    p.add_argument("--beamlines", type=int, default=10, help="beamlines of the throughput phase")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="kubesky-bench-operator-"))
+    log(f"work dir {root}")
+    bin_dir, kafka_dir = build()
+    cp = ControlPlane(root / "cluster", bin_dir)
+    kafka = Kafka(root / "kafka", kafka_dir)
+    workers: list[WorkerProcess] = []
+    op: OperatorProcess | None = None
+    results: dict[str, Any] = {}
+    try:
+        cp.start()
+        kafka.start()
+        for f in sorted((REPO / "crds").glob("*.yaml")):
+            cp.kubectl("apply", "--server-side", "-f", str(f))
+        cp.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/planruns.kubesky.io",
+            "crd/beamlines.kubesky.io",
+        )
+        op = OperatorProcess(operator_identity(cp, root / "operator"), root / "operator").start()
+        rss0 = op.peak_rss_mb()
+        if args.sequential:
+            log(f"latency: {args.sequential} sequential runs on one beamline")
+            results["latency"] = latency_phase(cp, kafka, root, args.sequential, workers)
+        if args.total:
+            log(f"throughput: {args.total} runs over {args.beamlines} beamlines")
+            results["throughput"] = throughput_phase(cp, kafka, root, args.total, args.beamlines, workers)
+        results["operator"] = {
+            "peak_rss_mb": op.peak_rss_mb(),
+            "rss_at_start_mb": rss0,
+            "dispatch_latency_mean_ms": 1000
+            * op.metric("kubesky_dispatch_latency_seconds_sum")
+            / max(1.0, op.metric("kubesky_dispatch_latency_seconds_count")),
+            "api_writes": op.metric("kubesky_api_writes_total"),
+        }
+    finally:
+        for w in workers:
+            w.stop(timeout=5)
+        if op is not None:
+            op.stop()
+        kafka.stop()
+        cp.stop()
+
+    print("\nkubesky operator benchmark")
+    if "latency" in results:
+        lat = results["latency"]
+        r, s = lat["to_running_ms"], lat["to_succeeded_ms"]
+        print(f"  {lat['runs']} sequential trivial runs, one beamline:")
+        print(
+            f"    create -> Running    p50 {r['p50']:7.1f} ms   p99 {r['p99']:7.1f} ms   (targets 30 / 100 ms)"
+        )
+        print(f"    create -> Succeeded  p50 {s['p50']:7.1f} ms   p99 {s['p99']:7.1f} ms")
+    if "throughput" in results:
+        tp = results["throughput"]
+        print(f"  {tp['runs']} runs over {tp['beamlines']} beamlines:")
+        print(
+            f"    {tp['runs_per_second']:.1f} runs/s ({tp['elapsed_seconds']:.1f} s; created in "
+            f"{tp['create_seconds']:.1f} s)   (target >= 25 runs/s)"
+        )
+    o = results["operator"]
+    print(
+        f"  operator peak RSS {o['peak_rss_mb']:.0f} MB (target <= 150 MB); at start {o['rss_at_start_mb']:.0f} MB"
+    )
+    print(
+        f"  operator dispatch latency (first seen -> worker accepted) mean {o['dispatch_latency_mean_ms']:.1f} ms"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
