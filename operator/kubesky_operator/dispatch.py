@@ -83,6 +83,7 @@ class BeamlineDispatcher:
         self._last_check: dict[str, float] = {}
         self._forwarded: dict[str, tuple[ControlAction, int]] = {}
         self._abort_sent: dict[str, float] = {}
+        self._abort_last: dict[str, float] = {}
         self._running_since: dict[str, float] = {}
         self._retry_at: float | None = None
         self._busy_backoff = 0.005
@@ -120,6 +121,7 @@ class BeamlineDispatcher:
             self._last_check,
             self._forwarded,
             self._abort_sent,
+            self._abort_last,
             self._running_since,
         ):
             d.pop(uid, None)
@@ -140,12 +142,27 @@ class BeamlineDispatcher:
             try:
                 await self.reconcile()
                 backoff = 0.2
+                if self._idle_and_orphaned():
+                    return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("dispatcher %s/%s: reconcile failed", *self.key)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _idle_and_orphaned(self) -> bool:
+        """No Beamline and no PlanRun left: end this task (a later event starts a new one)."""
+        if self.key in self.ctl.store.beamlines or self.ctl.store.runs_for(self.key) or self._background:
+            return False
+        if self.ctl.dispatchers.get(self.key) is self:
+            del self.ctl.dispatchers[self.key]
+        for gauge in (QUEUE_DEPTH, ACTIVE_RUNS):
+            try:
+                gauge.remove(*self.key)
+            except KeyError:
+                pass
+        return True
 
     def _next_timeout(self) -> float:
         timeout = 10.0
@@ -421,7 +438,7 @@ class BeamlineDispatcher:
                 self._spawn(run, "finalizer", lambda run=run: self._add_finalizer(run))
             else:
                 self._retry_in(wait)
-        if client is not None and run.uid in self._submitted:
+        if client is not None and (run.uid in self._submitted or run.phase != Phase.DISPATCHED):
             await self._forward_state(run, client)
             run = self._fresh(run)
             if not run.active:
@@ -552,26 +569,34 @@ class BeamlineDispatcher:
         task.add_done_callback(self._background.discard)
 
     async def _abort_for_delete(self, run: RunView, client: WorkerClient | None) -> None:
+        """A deleted active run: abort it on the worker (again every 2 s while it lasts), then let
+        the deletion finish by removing the finalizer."""
         now = time.monotonic()
-        first = self._abort_sent.get(run.uid)
-        if first is None:
-            self._abort_sent[run.uid] = now
-            if client is not None:
-                try:
-                    await client.control(run.uid, ControlAction.ABORT)
-                    self.ctl.events.record_run(run, "Aborting", "deleted while active: aborting the run")
-                except (WorkerUnreachable, WorkerAuthError):
-                    pass
-            self._retry_in(0.2)
-            return
-        done = now - first > self.ctl.settings.delete_abort_timeout_seconds
-        if not done:
+        first = self._abort_sent.setdefault(run.uid, now)
+        record: Any = _LOST
+        if client is not None:
             try:
-                record = await client.get_run(run.uid) if client is not None else None
-                done = record is None or record.phase not in (Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED)
+                record = await client.get_run(run.uid)
+                if record is not None and record.phase in (Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED):
+                    last = self._abort_last.get(run.uid)
+                    if last is None or now - last >= 2.0:
+                        self._abort_last[run.uid] = now
+                        status = await client.control(run.uid, ControlAction.ABORT)
+                        if 200 <= status < 300 and last is None:
+                            self.ctl.events.record_run(
+                                run, "Aborting", "deleted while active: aborting the run"
+                            )
             except (WorkerUnreachable, WorkerAuthError):
-                done = now - first > self.ctl.settings.worker_lost_grace_seconds
-        if done:
+                record = _LOST
+        finished_on_worker = record is None or (
+            record is not _LOST and record.phase not in (Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED)
+        )
+        waited = now - first
+        if (
+            finished_on_worker
+            or waited > self.ctl.settings.delete_abort_timeout_seconds
+            or (record is _LOST and waited > self.ctl.settings.worker_lost_grace_seconds)
+        ):
             await self._remove_finalizer(run)
         else:
             self._retry_in(0.2)

@@ -138,13 +138,16 @@ def wait_ready(api: client.CustomObjectsApi, namespace: str, names: list[str], t
 
 
 def start_workers(
-    n: int, prefix: str, namespace: str, kafka: Kafka, worker_kc: Path, root: Path
+    n: int, prefix: str, kafka: Kafka, worker_kc: Path, root: Path, started: list[WorkerProcess]
 ) -> list[WorkerProcess]:
+    """Start n workers in parallel; each is recorded in `started` first, so it is stopped at the end."""
     workers = []
     for i in range(n):
         name = f"{prefix}{i}"
         cfg = sim_config(name, kafka=kafka.bootstrap, topic=f"bench.{name}.documents", kubeconfig=worker_kc)
-        workers.append(WorkerProcess(cfg, root / f"worker-{name}"))
+        w = WorkerProcess(cfg, root / f"worker-{name}")
+        workers.append(w)
+        started.append(w)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda w: w.start(180), workers))
     return workers
@@ -156,8 +159,7 @@ def latency_phase(
     ns = "bench-latency"
     cp.kubectl("create", "namespace", ns)
     worker_kc = worker_identity(cp, ns, root / "latency" / "worker.kubeconfig")
-    (w,) = start_workers(1, "lat", ns, kafka, worker_kc, root)
-    workers.append(w)
+    (w,) = start_workers(1, "lat", kafka, worker_kc, root, workers)
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(external_beamline("lat0", ns, w.url, w.token)))
     api = client.CustomObjectsApi(cp.api_client())
     wait_ready(api, ns, ["lat0"])
@@ -197,8 +199,7 @@ def throughput_phase(
     ns = "bench-throughput"
     cp.kubectl("create", "namespace", ns)
     worker_kc = worker_identity(cp, ns, root / "throughput" / "worker.kubeconfig")
-    ws = start_workers(beamlines, "tp", ns, kafka, worker_kc, root)
-    workers.extend(ws)
+    ws = start_workers(beamlines, "tp", kafka, worker_kc, root, workers)
     docs = []
     for i, w in enumerate(ws):
         docs += external_beamline(f"tp{i}", ns, w.url, w.token)

@@ -390,3 +390,30 @@ def test_worker_sigkill_mid_run_is_worker_lost_then_queue_continues(
     bl.worker.start()
     wait_phase(api, namespace, "next", "Succeeded", timeout=60)
     print(f"WorkerLost after {elapsed:.1f} s")
+
+
+def test_changes_while_the_operator_is_down_are_acted_on_after_restart(
+    cluster, api, namespace, operator, beamlines
+):
+    bl = beamlines("sim")
+    kubectl_apply(cluster, namespace, planrun_manifest("long", "sim", "count", SLOW))
+    wait_phase(api, namespace, "long", "Running", timeout=30)
+    wait_for(
+        "abort-on-delete finalizer",
+        lambda: (
+            FINALIZER in ((get_pr(api, namespace, "long") or {}).get("metadata", {}).get("finalizers") or [])
+        ),
+        10,
+    )
+    operator.kill()
+    patch_state(cluster, namespace, "long", "Pause")
+    operator.start()
+    wait_phase(api, namespace, "long", "Paused", timeout=20)
+    operator.kill()
+    cluster.kubectl("delete", "planrun", "long", "-n", namespace, "--wait=false")
+    time.sleep(0.5)
+    assert get_pr(api, namespace, "long") is not None  # held by the finalizer until aborted
+    operator.start()
+    wait_for("deletion after the abort", lambda: get_pr(api, namespace, "long") is None, 30)
+    (rec,) = worker_history(bl.worker)
+    assert rec["phase"] == "Aborted"
