@@ -24,9 +24,12 @@ from .settings import OperatorSettings, load
 log = logging.getLogger("kubesky_operator")
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, namespaces: list[str]) -> None:
     settings.posting.enabled = False  # our own Events per transition instead of handler logs
     settings.peering.standalone = True
+    # Watching listed namespaces: no runtime observation of namespaces/CRDs, which would need
+    # cluster-wide list/watch of namespaces (the chart grants namespaced Roles only).
+    settings.scanning.disabled = bool(namespaces)
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -46,7 +49,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, ctl.settings.namespaces)
         await ctl.start()
         log.info("kubesky operator starting (namespaces: %s)", ", ".join(ctl.settings.namespaces) or "all")
 

@@ -27,18 +27,24 @@ OPERATOR_SA = "kubesky-operator"
 CHART = REPO_ROOT / "charts" / "kubesky"
 
 
-def render_chart_rbac(cluster: Any, namespaces: list[str] | None = None) -> str:
+def render_chart_rbac(
+    cluster: Any,
+    namespaces: list[str] | None = None,
+    *,
+    release: str = "kubesky",
+    service_account: str = OPERATOR_SA,
+) -> str:
     """The chart's operator RBAC as `helm template` renders it."""
     args = [
         "template",
-        "kubesky",
+        release,
         str(CHART),
         "--namespace",
         OPERATOR_NAMESPACE,
         "--show-only",
         "templates/operator-rbac.yaml",
         "--set",
-        f"operator.serviceAccount.name={OPERATOR_SA}",
+        f"operator.serviceAccount.name={service_account}",
     ]
     if namespaces:
         args += ["--set", "namespaces={" + ",".join(namespaces) + "}"]
@@ -63,13 +69,22 @@ def request_token(api_client: Any, namespace: str, service_account: str, hours: 
             time.sleep(0.2)
 
 
-def operator_identity(cluster: Any, workdir: Path) -> Path:
-    """Apply the chart's RBAC (as admin) and return a kubeconfig with the operator SA's token."""
+def operator_identity(
+    cluster: Any,
+    workdir: Path,
+    namespaces: list[str] | None = None,
+    *,
+    release: str = "kubesky",
+    service_account: str = OPERATOR_SA,
+) -> Path:
+    """Apply the chart's RBAC (as admin) and return a kubeconfig with the operator SA's token.
+    With `namespaces`, the chart grants the namespaced permissions in those namespaces only."""
     cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    cluster.kubectl("apply", "-f", "-", input=render_chart_rbac(cluster))
-    token = request_token(cluster.api_client(), OPERATOR_NAMESPACE, OPERATOR_SA)
+    rendered = render_chart_rbac(cluster, namespaces, release=release, service_account=service_account)
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    token = request_token(cluster.api_client(), OPERATOR_NAMESPACE, service_account)
     workdir.mkdir(parents=True, exist_ok=True)
-    return cluster.token_kubeconfig(token, workdir / "operator.kubeconfig")
+    return cluster.token_kubeconfig(token, workdir / f"{service_account}.kubeconfig")
 
 
 @dataclass

@@ -13,11 +13,13 @@ from kubesky_operator.api import GROUP, VERSION
 from kubesky_operator.queue import FINALIZER
 
 from tests.helpers.kafka_docs import read_range, validate_documents
+from tests.helpers.operator_process import OperatorProcess, operator_identity
 
 from .conftest import (
     get_pr,
     kubectl_apply,
     list_prs,
+    new_name,
     planrun_manifest,
     wait_for,
     wait_phase,
@@ -417,3 +419,40 @@ def test_changes_while_the_operator_is_down_are_acted_on_after_restart(
     wait_for("deletion after the abort", lambda: get_pr(api, namespace, "long") is None, 30)
     (rec,) = worker_history(bl.worker)
     assert rec["phase"] == "Aborted"
+
+
+def test_namespaced_operator_with_per_namespace_rbac(cluster, api, namespace, operator, beamlines, tmp_path):
+    """values.namespaces=[ns]: a Role per namespace, and an operator started with --namespace."""
+    other = new_name("t-other")
+    cluster.kubectl("create", "namespace", other)
+    try:
+        kubeconfig = operator_identity(
+            cluster, tmp_path, [namespace], release="kubesky-ns", service_account="kubesky-operator-ns"
+        )
+        roles = cluster.kubectl("get", "roles", "-n", namespace, "-o", "name").stdout
+        assert "role.rbac.authorization.k8s.io/kubesky-ns-operator" in roles
+        # The shared cluster-wide operator steps aside; the next test restarts it.
+        operator.stop()
+        scoped = OperatorProcess(kubeconfig, tmp_path / "scoped", ["--namespace", namespace]).start()
+        try:
+            beamlines("sim")
+            kubectl_apply(cluster, namespace, planrun_manifest("mine", "sim", "count", quick()))
+            kubectl_apply(cluster, other, planrun_manifest("not-mine", "sim", "count", quick()))
+            wait_phase(api, namespace, "mine", "Succeeded", timeout=60)
+            assert not (get_pr(api, other, "not-mine") or {}).get("status")
+            can_i = cluster.kubectl(
+                "auth",
+                "can-i",
+                "list",
+                "planruns.kubesky.io",
+                "-n",
+                other,
+                "--as=system:serviceaccount:kubesky-system:kubesky-operator-ns",
+                check=False,
+            )
+            assert can_i.stdout.strip() == "no"
+            assert " ERROR " not in scoped.log_path.read_text(), scoped.log_tail()
+        finally:
+            scoped.stop()
+    finally:
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
