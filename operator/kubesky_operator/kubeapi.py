@@ -14,7 +14,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -93,9 +93,11 @@ def _materialise(path: Any, data: Any, suffix: str) -> str | None:
 class KubeApi:
     """Minimal JSON client: get/create/patch/apply/delete with one pooled aiohttp session."""
 
-    def __init__(self) -> None:
+    def __init__(self, relogin: Callable[[], kopf.ConnectionInfo | None] | None = None) -> None:
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Called on a 401 (e.g. a rotated ServiceAccount token): fresh credentials, or None.
+        self.relogin = relogin
 
     def set_credentials(self, info: kopf.ConnectionInfo) -> None:
         old = self._info
@@ -160,14 +162,23 @@ class KubeApi:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        session = self._get_session()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else None
-        async with session.request(method, path, data=data, headers=headers, params=params) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                raise ApiError(resp.status, text, method, path)
+        for attempt in (1, 2):
+            session = self._get_session()
+            async with session.request(method, path, data=data, headers=headers, params=params) as resp:
+                text = await resp.text()
+                status = resp.status
+            if status == 401 and attempt == 1 and self.relogin is not None:
+                info = self.relogin()
+                if info is not None:
+                    log.info("the API refused our credentials (401): logged in again")
+                    self.set_credentials(info)
+                    continue
+            if status >= 400:
+                raise ApiError(status, text, method, path)
             return json.loads(text) if text else {}
+        raise AssertionError("unreachable")
 
     # Convenience wrappers -------------------------------------------------------------------
 

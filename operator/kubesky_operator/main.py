@@ -53,16 +53,21 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         await ctl.start()
         log.info("kubesky operator starting (namespaces: %s)", ", ".join(ctl.settings.namespaces) or "all")
 
-    @kopf.on.login(registry=registry)
-    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    def credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
         info: kopf.ConnectionInfo | None = None
         if not ctl.settings.kubeconfig:
-            info = kopf.login_with_service_account(**kwargs)
+            info = kopf.login_with_service_account(settings=settings)
         if info is None:
-            info = kopf.login_with_kubeconfig(**kwargs)
+            info = kopf.login_with_kubeconfig(settings=settings)
+        return info
+
+    @kopf.on.login(registry=registry)
+    async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        info = credentials(settings)
         if info is None:
             raise kopf.LoginError("no credentials: no in-cluster service account and no kubeconfig")
         ctl.api.set_credentials(info)
+        ctl.api.relogin = lambda: credentials(settings)
         return info
 
     rollout = plan_rollout.PlanRollout(ctl)
