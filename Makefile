@@ -39,7 +39,7 @@ test-integration: venv infra
 	$(PY) -m pytest -ra tests/integration
 
 demo: venv infra
-	$(PY) -m tests.demo
+	$(PY) tests/demo/demo.py
 
 dev-up: venv infra
 	$(PY) -m tests.infra.dev up
