@@ -34,7 +34,7 @@ from .api import (
     may_transition,
 )
 from .kubeapi import ApiError, resource_path
-from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_ERRORS
+from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_BUSY, WORKER_ERRORS
 from .planrun_status import (
     dispatched,
     final_condition,
@@ -407,6 +407,8 @@ class BeamlineDispatcher:
                 (self._t_patched - self._t_dispatch) * 1000,
             )
         elif result.outcome == SubmitOutcome.BUSY:
+            WORKER_BUSY.labels(*self.key).inc()
+            log.debug("worker of %s/%s busy: %s", *self.key, result.detail)
             # The worker still finishes its previous run (or runs one we do not know): retry soon.
             self._retry_in(self._busy_backoff)
             self._busy_backoff = min(self._busy_backoff * 2, 1.0)

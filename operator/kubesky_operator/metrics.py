@@ -24,6 +24,9 @@ DISPATCH_LATENCY = Histogram(
 WORKER_ERRORS = Counter(
     "kubesky_worker_errors_total", "Failed calls to beamline workers.", ["namespace", "beamline"]
 )
+WORKER_BUSY = Counter(
+    "kubesky_worker_busy_total", "Dispatches a worker answered 409 busy (retried).", ["namespace", "beamline"]
+)
 API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
 
 
