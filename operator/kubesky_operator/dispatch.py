@@ -346,12 +346,15 @@ class BeamlineDispatcher:
         # earlier: it would race the worker's resourceVersion-checked status write); a deletion in
         # between is still aborted (Controller.forget_run, BeamlineMonitor orphan check).
         try:
-            status_result = await self.ctl.api.merge_patch(
-                _status_path(run), dispatched(run, monitor.endpoint or "")
-            )
+            # Over the resourceVersion the decision was made on: never over a newer phase.
+            patch = dispatched(run, monitor.endpoint or "")
+            patch["metadata"] = {"resourceVersion": str(run.resource_version)}
+            status_result = await self.ctl.api.merge_patch(_status_path(run), patch)
         except ApiError as exc:
             if exc.status == 404:
                 self.ctl.forget_run(run.namespace, run.name, run.uid)
+            elif exc.status == 409:
+                self._retry_in(0.02)  # the watch brings the newer object; decide again on it
             else:
                 log.warning("could not mark %s/%s Dispatched: %s", run.namespace, run.name, exc)
                 self._retry_in(1.0)
