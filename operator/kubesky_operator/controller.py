@@ -14,6 +14,7 @@ from .api import TERMINAL_PHASES, Phase
 from .beamline_monitor import BeamlineMonitor
 from .dispatch import BeamlineDispatcher
 from .events import EventRecorder
+from .gate import DispatchGate
 from .kubeapi import KubeApi
 from .metrics import TRANSITIONS, phase_changed
 from .positions import PositionWriter
@@ -47,12 +48,16 @@ class Controller:
         self.settings = settings
         self.store = Store()
         self.api = KubeApi()
-        self.events = RunEvents(EventRecorder(self.api, per_second=settings.events_per_second))
+        self.gate = DispatchGate()
+        self.events = RunEvents(
+            EventRecorder(self.api, per_second=settings.events_per_second, gate=self.gate)
+        )
         self.positions = PositionWriter(
             self.api,
             self.store.runs.get,
             self.observe_run,
             per_second=settings.position_writes_per_second,
+            gate=self.gate,
         )
         self.dispatchers: dict[BeamlineKey, BeamlineDispatcher] = {}
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}

@@ -193,8 +193,9 @@ class BeamlineDispatcher:
         )
         dispatched_uid: str | None = None
         if plan.dispatch is not None and monitor is not None:
-            if await self._dispatch(plan.dispatch, monitor):
-                dispatched_uid = plan.dispatch.uid
+            async with ctl.gate.dispatching():
+                if await self._dispatch(plan.dispatch, monitor):
+                    dispatched_uid = plan.dispatch.uid
         for run in plan.active:
             await self._reconcile_active(self._fresh(run), monitor)
         await self._housekeeping(plan, dispatched_uid)

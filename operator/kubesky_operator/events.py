@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .api import API_VERSION
+from .gate import DispatchGate
 from .kubeapi import ApiError, KubeApi, resource_path
 from .planrun_status import now_rfc3339
 
@@ -24,9 +25,16 @@ COMPONENT = "kubesky-operator"
 
 class EventRecorder:
     def __init__(
-        self, api: KubeApi, *, max_pending: int = 1000, senders: int = 2, per_second: float = 25.0
+        self,
+        api: KubeApi,
+        *,
+        max_pending: int = 1000,
+        senders: int = 2,
+        per_second: float = 25.0,
+        gate: DispatchGate | None = None,
     ) -> None:
         self._api = api
+        self._gate = gate
         self._interval = senders / per_second if per_second > 0 else 0.0
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_pending)
         self._senders = senders
@@ -90,6 +98,8 @@ class EventRecorder:
     async def _send_loop(self) -> None:
         while True:
             event = await self._queue.get()
+            if self._gate is not None:
+                await self._gate.wait_clear()
             ns = event["metadata"]["namespace"]
             try:
                 await self._api.create(resource_path("v1", "events", ns), event)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .api import API_VERSION, Phase
+from .gate import DispatchGate
 from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import API_WRITES
 from .planrun_status import queued
@@ -36,8 +37,10 @@ class PositionWriter:
         observe: Callable[[dict[str, Any]], None],
         *,
         per_second: float = 30.0,
+        gate: DispatchGate | None = None,
     ) -> None:
         self._api = api
+        self._gate = gate
         self._lookup = lookup
         self._observe = observe
         self._interval = 1.0 / per_second if per_second > 0 else 0.0
@@ -91,6 +94,8 @@ class PositionWriter:
             await self._signal.wait()
             self._signal.clear()
             while True:
+                if self._gate is not None:
+                    await self._gate.wait_clear()
                 item = self._next()
                 if item is None:
                     break
