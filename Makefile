@@ -24,6 +24,7 @@ infra:
 
 crds: venv
 	$(PY) -m kubesky_operator.api.crd crds
+	$(PY) -m kubesky_operator.api.chart_schema charts/kubesky
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubesky_operator.api import crd
+from kubesky_operator.api import chart_schema, crd
 
 from tests.infra.services import REPO_ROOT
 
@@ -31,3 +31,15 @@ def test_free_form_params_preserved_and_defaulted():
     assert params["x-kubernetes-preserve-unknown-fields"] is True
     assert params["default"] == {}
     assert params["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+
+
+def test_committed_chart_values_schema_matches_models():
+    committed = (REPO_ROOT / "charts" / "kubesky" / "values.schema.json").read_text()
+    assert committed == chart_schema.render(), "charts/kubesky/values.schema.json is stale: run `make crds`"
+
+
+def test_chart_crds_are_the_crds():
+    """The chart's crds/ is crds/ itself (one source), not a copy that could drift."""
+    chart_crds = REPO_ROOT / "charts" / "kubesky" / "crds"
+    assert chart_crds.is_symlink()
+    assert chart_crds.resolve() == (REPO_ROOT / "crds").resolve()

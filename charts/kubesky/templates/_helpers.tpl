@@ -3,6 +3,12 @@
 {{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Selector labels of the operator's pods (the NetworkPolicy admits exactly these). */}}
+{{- define "kubesky.operatorSelector" -}}
+app.kubernetes.io/name: kubesky-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{/* Common labels. */}}
 {{- define "kubesky.labels" -}}
 app.kubernetes.io/name: kubesky
