@@ -73,6 +73,12 @@ def values_schema() -> dict[str, Any]:
                     "podAnnotations": {"type": "object", "additionalProperties": {"type": "string"}},
                     "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
                     "tolerations": {"type": "array", "items": {"type": "object"}},
+                    "affinity": {"type": "object"},
+                    "priorityClassName": {"type": "string"},
+                    "imagePullSecrets": {
+                        "type": "array",
+                        "items": _strict({"name": {"type": "string", "minLength": 1}}, ["name"]),
+                    },
                     "serviceAccount": _strict(
                         {
                             "create": {"type": "boolean"},
@@ -106,6 +112,11 @@ def values_schema() -> dict[str, Any]:
                 {
                     "enabled": {"type": "boolean"},
                     "extraWorkerIngress": {"type": "array", "items": {"type": "object"}},
+                    "extraNamespaces": {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": DNS_LABEL},
+                        "uniqueItems": True,
+                    },
                 }
             ),
             "beamlines": {
