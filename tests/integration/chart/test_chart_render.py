@@ -1,0 +1,205 @@
+"""What the chart renders, checked against the code that consumes it: the operator's own argument
+parser reads the Deployment's args, the worker labels come from the operator's resource renderer,
+and every selector in the chart selects what it is meant to (helm only; no server needed)."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubesky_operator import beamline_resources
+from kubesky_operator.settings import OperatorSettings, load
+
+from tests.infra.services import REPO_ROOT, ControlPlane
+
+CHART = REPO_ROOT / "charts" / "kubesky"
+FULL_VALUES = CHART / "ci" / "full-values.yaml"
+RELEASE_NS = "kubesky-system"
+
+Doc = dict[str, Any]
+
+
+def render(cluster: ControlPlane, *args: str, chart: Path = CHART, release: str = "kubesky") -> list[Doc]:
+    out = cluster.helm("template", release, str(chart), "--namespace", RELEASE_NS, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def values_file(cluster: ControlPlane, name: str, values: dict[str, Any]) -> str:
+    path = cluster.workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return str(path)
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None, namespace: str | None = None) -> Doc:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (name is None or d["metadata"]["name"] == name)
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''} rendered"
+    return found[0]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def operator_settings(deployment: Doc) -> OperatorSettings:
+    """The settings the operator process would start with, from the rendered args and env."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    return load(container["args"], environ=env)
+
+
+@pytest.mark.parametrize("extra", [[], ["-f", str(FULL_VALUES)]], ids=["defaults", "full-values"])
+def test_selectors_and_ports_wire_up(cluster, extra):
+    docs = render(cluster, *extra)
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+
+    # The operator's own parser accepts the args; probes and metrics point at what it serves.
+    settings = operator_settings(deployment)
+    assert settings.liveness_endpoint == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert settings.metrics_port == ports["metrics"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == "health" and get["path"] == "/healthz"
+    assert pod["spec"]["serviceAccountName"] == one(docs, "ClusterRoleBinding")["subjects"][0]["name"]
+
+    service = one(docs, "Service", "kubesky-operator-metrics")
+    assert selects(service["spec"]["selector"], pod_labels)
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    for monitor in monitors:  # a ServiceMonitor selects Services, by the Service's labels
+        assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+        assert monitor["spec"]["namespaceSelector"]["matchNames"] == [RELEASE_NS]
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == [
+            p["name"] for p in service["spec"]["ports"]
+        ]
+    assert bool(monitors) == bool(extra)
+
+    # NetworkPolicy: selects the pods the operator creates for workers, admits the operator pods
+    # from the release namespace, on the port the operator gives its workers.
+    worker_pod_labels = beamline_resources.labels("i22")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policies
+    for policy in policies:
+        spec = policy["spec"]
+        assert selects(spec["podSelector"]["matchLabels"], worker_pod_labels)
+        assert not selects(spec["podSelector"]["matchLabels"], pod_labels)
+        assert spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        operator_peer = rule["from"][0]
+        assert selects(operator_peer["podSelector"]["matchLabels"], pod_labels)
+        assert operator_peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": RELEASE_NS
+        }
+        assert rule["ports"] == [{"protocol": "TCP", "port": settings.worker_port}]
+
+
+def test_worker_port_reaches_operator_and_policy(cluster):
+    docs = render(cluster, "--set", "worker.port=9000", "--set", "worker.image.tag=2026.11")
+    settings = operator_settings(one(docs, "Deployment"))
+    assert settings.worker_port == 9000
+    assert settings.worker_image == "ghcr.io/kubesky/kubesky-worker:2026.11"
+    assert one(docs, "NetworkPolicy")["spec"]["ingress"][0]["ports"][0]["port"] == 9000
+
+
+def test_watched_namespaces(cluster):
+    docs = render(cluster, "--set", "namespaces={beamlines,lab}")
+    assert operator_settings(one(docs, "Deployment")).namespaces == ["beamlines", "lab"]
+    cluster_role = one(docs, "ClusterRole")
+    # Cluster-wide: only reading the CRDs; the namespaced rules are in a Role per namespace.
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    for ns in ("beamlines", "lab"):
+        assert one(docs, "Role", namespace=ns)["rules"]
+        assert one(docs, "RoleBinding", namespace=ns)["subjects"][0]["namespace"] == RELEASE_NS
+        one(docs, "NetworkPolicy", namespace=ns)
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == RELEASE_NS]
+
+    everywhere = render(cluster)
+    assert operator_settings(one(everywhere, "Deployment")).namespaces == []
+    assert not [d for d in everywhere if d["kind"] in ("Role", "RoleBinding")]
+    assert any("secrets" in r["resources"] for r in one(everywhere, "ClusterRole")["rules"])
+
+    extra = render(cluster, "--set", "networkPolicy.extraNamespaces={bl-a,bl-b}")
+    assert {d["metadata"]["namespace"] for d in extra if d["kind"] == "NetworkPolicy"} == {
+        RELEASE_NS,
+        "bl-a",
+        "bl-b",
+    }
+    assert not [
+        d for d in render(cluster, "--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
+    ]
+
+
+# Plan sources whose bytes a naive block-scalar template would change: leading indentation,
+# no final newline, several final newlines, trailing spaces, tabs, non-ASCII, a YAML-looking line.
+AWKWARD_SOURCES = {
+    "indented_first.py": "    # indented first line\nx = 1\n",
+    "no_newline.py": "def plan():\n    yield from []",
+    "many_newlines.py": "x = 1\n\n\n",
+    "trailing_space.py": "x = 1   \n\ty = 2\n",
+    "unicode.py": '"""Scan in Å: µm and °C."""\n',
+    "yamlish.py": "key: value\n---\n- item\n",
+}
+
+
+def test_beamline_plans_kept_byte_for_byte(cluster):
+    values = {
+        "beamlines": [
+            {
+                "name": "i22",
+                "spec": {"plans": {"modules": ["bluesky.plans"], "configMaps": [{"name": "shared-plans"}]}},
+                "plans": AWKWARD_SOURCES,
+            },
+            {"name": "i23", "spec": {"suspend": True}},
+        ]
+    }
+    docs = render(cluster, "-f", values_file(cluster, "awkward", values))
+    cm = one(docs, "ConfigMap", "i22-plans", RELEASE_NS)
+    assert cm["data"] == AWKWARD_SOURCES
+    assert cm["metadata"]["labels"]["kubesky.io/beamline"] == "i22"
+    i22 = one(docs, "Beamline", "i22", RELEASE_NS)
+    assert i22["spec"]["plans"] == {
+        "modules": ["bluesky.plans"],
+        "configMaps": [{"name": "shared-plans"}, {"name": "i22-plans"}],
+    }
+    # A beamline without plans gets no ConfigMap and its spec unchanged.
+    assert one(docs, "Beamline", "i23")["spec"] == {"suspend": True}
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "i23-plans"]
+
+
+def test_beamline_outside_watched_namespaces_fails(cluster):
+    values = {"namespaces": ["beamlines"], "beamlines": [{"name": "i22", "namespace": "lab"}]}
+    out = cluster.helm(
+        "template", "kubesky", str(CHART), "-f", values_file(cluster, "unwatched", values), check=False
+    )
+    assert out.returncode != 0
+    assert 'beamlines[0] (i22) is in namespace "lab", which the operator does not watch' in out.stderr
+
+
+def test_packaged_chart_carries_the_crds(cluster, tmp_path):
+    """crds/ is a symlink to the repository's crds/: `helm package` must put the files themselves
+    in the archive, and the archive must render and install like the directory."""
+    out = cluster.helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("kubesky-*.tgz")
+    assert str(archive) in out.stdout
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+            member = members[f"kubesky/crds/{crd.name}"]
+            assert member.isfile(), f"{member.name} is not a regular file in the archive"
+            extracted = tar.extractfile(member)
+            assert extracted is not None and extracted.read() == crd.read_bytes()
+        assert "kubesky/values.schema.json" in members
+    assert render(cluster, "--include-crds", chart=archive) == render(cluster, "--include-crds")
