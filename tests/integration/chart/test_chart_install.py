@@ -341,5 +341,5 @@ def test_uninstall_keeps_the_crds(installed: Installed):
     assert err.value.status == 404
     assert kc.kubectl("get", "crd", *CRDS).returncode == 0
     assert client.CustomObjectsApi(admin).get_namespaced_custom_object(
-        GROUP, VERSION, "lab", "planruns", "pr"
+        GROUP, VERSION, "lab", "planruns", "record"
     )
