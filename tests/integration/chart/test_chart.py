@@ -170,8 +170,33 @@ def test_helm_install_creates_the_objects(chart_cluster):
         ),
         ({"beamlines": [{"name": "I 22"}]}, "at '/beamlines/0/name'"),
         ({"namespaces": "beamlines"}, "at '/namespaces'"),
+        ({"operator": {"replicas": 2}}, "at '/operator/replicas': maximum: got 2, want 1"),
+        ({"operatr": {"replicas": 1}}, "additional properties 'operatr' not allowed"),
+        (
+            {"beamlines": [{"name": "i22", "plans": {"my plans.py": "x = 1"}}]},
+            "'my plans.py' does not match pattern",
+        ),
+        (
+            {"beamlines": [{"name": "i22", "spec": {"kafka": {"topic": "t"}}}]},
+            "at '/beamlines/0/spec/kafka': missing property 'bootstrapServers'",
+        ),
+        (
+            {"operator": {"imagePullSecrets": [{}]}},
+            "at '/operator/imagePullSecrets/0': missing property 'name'",
+        ),
     ],
-    ids=["negative-replicas", "unknown-beamline-key", "unknown-spec-key", "bad-name", "namespaces-not-list"],
+    ids=[
+        "negative-replicas",
+        "unknown-beamline-key",
+        "unknown-spec-key",
+        "bad-name",
+        "namespaces-not-list",
+        "two-operators",
+        "unknown-top-level-key",
+        "bad-plan-file-name",
+        "kafka-without-servers",
+        "pull-secret-without-name",
+    ],
 )
 def test_bad_values_fail_install_naming_the_key(chart_cluster, values, message):
     values_file = chart_cluster.workdir / f"bad-{uuid.uuid4().hex[:6]}.yaml"
