@@ -1,18 +1,32 @@
 """The images' Dockerfiles (no Docker engine here to build them): multi-stage, pinned base
-images, non-root at run time, installing the locked, tested versions of files that exist."""
+images, non-root at run time, installing the locked, tested versions of files that exist, and
+agreeing with the Deployments that run them (user, config path, ports)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+from pathlib import Path
+from types import ModuleType
 
 import pytest
+import yaml
+from kubesky_operator import beamline_resources
+from kubesky_operator.settings import OperatorSettings
 
 from tests.infra.services import REPO_ROOT
 
-DOCKERFILES = [REPO_ROOT / "worker_image" / "Dockerfile", REPO_ROOT / "operator" / "Dockerfile"]
+WORKER = REPO_ROOT / "worker_image" / "Dockerfile"
+OPERATOR = REPO_ROOT / "operator" / "Dockerfile"
+DOCKERFILES = [WORKER, OPERATOR]
+LOCKS = {
+    "worker": REPO_ROOT / "worker_image" / "requirements.lock",
+    "operator": REPO_ROOT / "operator" / "requirements.lock",
+}
 
 
-def instructions(path) -> list[tuple[str, str]]:
+def instructions(path: Path) -> list[tuple[str, str]]:
     out = []
     for line in path.read_text().replace("\\\n", " ").splitlines():
         line = line.strip()
@@ -22,32 +36,107 @@ def instructions(path) -> list[tuple[str, str]]:
     return out
 
 
+def final_stage(path: Path) -> list[tuple[str, str]]:
+    ins = instructions(path)
+    return ins[max(i for i, (op, _) in enumerate(ins) if op == "FROM") :]
+
+
+def user_id(path: Path) -> int:
+    users = [rest for op, rest in final_stage(path) if op == "USER"]
+    assert users, f"{path}: the run-time stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit(), f"{path}: USER {uid} is not numeric (runAsNonRoot cannot check a name)"
+    return int(uid)
+
+
+def exec_form(path: Path, op: str) -> list[str]:
+    (rest,) = [rest for o, rest in final_stage(path) if o == op]
+    return json.loads(rest)
+
+
+def pinned(lock: Path) -> dict[str, str]:
+    lines = [ln for ln in lock.read_text().splitlines() if ln and not ln.startswith("#")]
+    bad = [ln for ln in lines if not re.fullmatch(r"[a-z0-9-]+==[\w.+-]+", ln)]
+    assert not bad, f"{lock}: not name==version: {bad[:3]}"
+    return dict(ln.split("==") for ln in lines)
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_dockerfile_hardened_and_pinned(dockerfile):
+def test_dockerfile_hardened_and_pinned(dockerfile: Path):
     ins = instructions(dockerfile)
     froms = [rest.split()[0] for op, rest in ins if op == "FROM"]
     assert len(froms) >= 2, "multi-stage: build tools stay out of the run-time image"
     for image in froms:
         assert ":" in image and not image.endswith(":latest"), image
-        assert re.search(r":\d+\.\d+\.\d+", image), f"{image}: pin the patch version"
-    final = ins[max(i for i, (op, _) in enumerate(ins) if op == "FROM") :]
-    users = [rest for op, rest in final if op == "USER"]
-    assert users, "the run-time stage sets a USER"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, "numeric non-root user (runAsNonRoot can check it)"
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), f"{image}: pin python:3.11.<patch>-slim"
+    assert user_id(dockerfile) != 0
+    assert [op for op, _ in final_stage(dockerfile)].count("RUN") == 0, "the run-time stage only copies"
+    assert any(op == "COPY" and "--from=" in rest for op, rest in final_stage(dockerfile))
     for op, rest in ins:
-        if op == "COPY" and "--from=" not in rest:
+        if op in ("COPY", "ADD") and "--from=" not in rest:
+            assert op == "COPY", "ADD fetches and unpacks: COPY only"
             for src in rest.split()[:-1]:
                 assert (REPO_ROOT / src).exists(), f"COPY {src}: not in the repository"
+        if op == "RUN":
+            for spec in re.findall(r"pip install ([^&]+)", rest):
+                args = spec.split()
+                assert (
+                    "-r" in args
+                    or "--no-deps" in args
+                    or all("==" in a for a in args if not a.startswith("-"))
+                ), f"unpinned install: pip install {spec}"
     lock = next(rest.split()[0] for op, rest in ins if op == "COPY" and "requirements.lock" in rest)
-    pinned = [ln for ln in (REPO_ROOT / lock).read_text().splitlines() if ln and not ln.startswith("#")]
-    assert pinned and all(re.fullmatch(r"[a-z0-9-]+==[\w.+-]+", ln) for ln in pinned), pinned[:3]
+    assert pinned(REPO_ROOT / lock)
+    # Plans come from ConfigMaps: no plan or device module is baked into an image.
+    for op, rest in ins:
+        assert not (op == "COPY" and re.search(r"examples|plans", rest)), rest
 
 
-def test_worker_lock_holds_the_runtime():
-    names = {
-        ln.split("==")[0]
-        for ln in (REPO_ROOT / "worker_image" / "requirements.lock").read_text().splitlines()
-    }
-    assert {"bluesky", "ophyd-async", "event-model", "aiokafka", "fastapi", "uvicorn", "kubernetes"} <= names
-    assert "pytest" not in names and "kopf" not in names
+def test_worker_image_matches_its_deployment():
+    """What the operator's worker Deployment assumes of the image."""
+    assert user_id(WORKER) == beamline_resources.RUN_AS
+    assert exec_form(WORKER, "ENTRYPOINT") == ["kubesky-worker"]
+    assert exec_form(WORKER, "CMD") == [
+        "--config",
+        f"{beamline_resources.CONFIG_DIR}/{beamline_resources.CONFIG_KEY}",
+    ]
+    (expose,) = [rest for op, rest in final_stage(WORKER) if op == "EXPOSE"]
+    assert int(expose) == OperatorSettings().worker_port
+
+
+def test_operator_image_matches_the_chart():
+    template = (REPO_ROOT / "charts" / "kubesky" / "templates" / "operator-deployment.yaml").read_text()
+    (run_as,) = re.findall(r"runAsUser: (\d+)", template)
+    assert user_id(OPERATOR) == int(run_as)
+    assert exec_form(OPERATOR, "ENTRYPOINT") == ["kubesky-operator"]
+    values = yaml.safe_load((REPO_ROOT / "charts" / "kubesky" / "values.yaml").read_text())["operator"]
+    (expose,) = [rest for op, rest in final_stage(OPERATOR) if op == "EXPOSE"]
+    assert {int(p) for p in expose.split()} == {values["metricsPort"], values["healthPort"]}
+
+
+def _lock_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "lock_requirements", REPO_ROOT / "tools" / "lock_requirements.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("extra", sorted(LOCKS))
+def test_lock_is_the_tested_environment(extra: str):
+    """The lock pins exactly what the tests ran with: regenerate it after changing dependencies
+    (`.venv/bin/python tools/lock_requirements.py <extra> > <lock>`)."""
+    assert pinned(LOCKS[extra]) == _lock_tool().closure(extra), f"{LOCKS[extra]} is stale"
+
+
+def test_locks_hold_each_side_and_nothing_of_the_tests():
+    worker, operator = pinned(LOCKS["worker"]), pinned(LOCKS["operator"])
+    assert {"bluesky", "ophyd-async", "event-model", "aiokafka", "fastapi", "uvicorn", "kubernetes"} <= set(
+        worker
+    )
+    assert {"kopf", "kubernetes", "aiohttp", "prometheus-client", "pydantic"} <= set(operator)
+    for lock in (worker, operator):
+        assert not {"pytest", "ruff", "bluesky-kafka", "confluent-kafka"} & set(lock)
+    assert "kopf" not in worker and "bluesky" not in operator
