@@ -1,0 +1,136 @@
+"""The operations docs hold what they claim: the Argo CD health checks in docs/gitops.md are the
+scripts in docs/argocd/, and those scripts, run in Lua 5.1 (Argo CD's gopher-lua dialect), give
+every PlanRun phase of the contract and every Beamline phase the operator writes a health."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubesky_operator.api import GROUP
+from kubesky_operator.api.planrun import TERMINAL_PHASES, Phase
+from lupa import lua51
+
+from tests.infra.services import REPO_ROOT
+
+DOCS = REPO_ROOT / "docs"
+LUA = {"PlanRun": DOCS / "argocd" / "planrun-health.lua", "Beamline": DOCS / "argocd" / "beamline-health.lua"}
+ARGO_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+
+
+def code_blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def argocd_cm() -> dict[str, Any]:
+    docs = [yaml.safe_load(b) for b in code_blocks(DOCS / "gitops.md", "yaml")]
+    (cm,) = [d for d in docs if isinstance(d, dict) and d.get("metadata", {}).get("name") == "argocd-cm"]
+    return cm
+
+
+def health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
+    """Run the health script as Argo CD does: a global `obj`, the script's returned table."""
+    lua = lua51.LuaRuntime()
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(LUA[kind].read_text())
+    out = dict(result.items())
+    assert out["status"] in ARGO_HEALTH, out
+    assert isinstance(out.get("message"), str), out
+    return out
+
+
+def test_gitops_doc_embeds_the_scripts():
+    data = argocd_cm()["data"]
+    for kind, path in LUA.items():
+        assert data[f"resource.customizations.health.{GROUP}_{kind}"] == path.read_text(), (
+            f"docs/gitops.md and {path.name} differ"
+        )
+
+
+EXPECTED = {
+    Phase.PENDING: "Progressing",
+    Phase.QUEUED: "Progressing",
+    Phase.DISPATCHED: "Progressing",
+    Phase.RUNNING: "Progressing",
+    Phase.PAUSED: "Suspended",
+    Phase.SUCCEEDED: "Healthy",
+    Phase.STOPPED: "Healthy",
+    Phase.CANCELLED: "Healthy",
+    Phase.FAILED: "Degraded",
+    Phase.ABORTED: "Degraded",
+    Phase.REJECTED: "Degraded",
+}
+
+
+def test_every_planrun_phase_has_a_health():
+    assert set(EXPECTED) == set(Phase), "a phase was added to the contract: give it a health"
+    for phase, want in EXPECTED.items():
+        assert health("PlanRun", {"status": {"phase": phase.value}})["status"] == want, phase
+    # A terminal phase is never Progressing: Argo CD would wait for it forever.
+    assert all(EXPECTED[p] != "Progressing" for p in TERMINAL_PHASES)
+
+
+@pytest.mark.parametrize(
+    ("obj", "status", "message"),
+    [
+        ({}, "Progressing", "waiting for the kubesky operator"),
+        ({"status": {}}, "Progressing", "waiting for the kubesky operator"),
+        (
+            {"status": {"phase": "Running", "progress": {"done": 3, "total": 5, "text": "3/5"}}},
+            "Progressing",
+            "Running 3/5",
+        ),
+        (
+            {"status": {"phase": "Rejected", "reason": "InvalidParams", "message": "num: not an integer"}},
+            "Degraded",
+            "Rejected: num: not an integer",
+        ),
+        ({"status": {"phase": "Failed", "reason": "WorkerLost"}}, "Degraded", "Failed: WorkerLost"),
+        (
+            {"status": {"phase": "Succeeded", "progress": {"done": 5, "total": 5, "text": "5/5"}}},
+            "Healthy",
+            "Succeeded",
+        ),
+    ],
+)
+def test_planrun_health_messages(obj, status, message):
+    assert health("PlanRun", {"apiVersion": f"{GROUP}/v1alpha1", "kind": "PlanRun", **obj}) == {
+        "status": status,
+        "message": message,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "want", "message"),
+    [
+        (None, "Progressing", "waiting for the worker"),
+        ({"phase": "Ready", "conditions": [{"type": "WorkerReady", "status": "True"}]}, "Healthy", "Ready"),
+        ({"phase": "Progressing"}, "Progressing", "Progressing"),
+        ({"phase": "Suspended"}, "Suspended", "Suspended"),
+        (
+            {
+                "phase": "Degraded",
+                "conditions": [
+                    {"type": "WorkerReady", "status": "True", "message": "serving"},
+                    {"type": "PlansLoaded", "status": "False", "message": "i22_plans.py:3: SyntaxError"},
+                ],
+            },
+            "Degraded",
+            "Degraded: PlansLoaded: i22_plans.py:3: SyntaxError",
+        ),
+    ],
+)
+def test_beamline_health(status, want, message):
+    obj: dict[str, Any] = {"kind": "Beamline"}
+    if status is not None:
+        obj["status"] = status
+    assert health("Beamline", obj) == {"status": want, "message": message}
+
+
+def test_doc_links_resolve():
+    for md in [REPO_ROOT / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", md.read_text()):
+            assert (md.parent / target).exists(), f"{md.name}: broken link {target}"
