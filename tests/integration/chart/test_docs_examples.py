@@ -160,3 +160,17 @@ def test_consumer_examples_read_worker_records(kafka, capsys):
     assert_same(seen, want)
     printed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in printed] == ["start", "descriptor", "event", "stop"]
+
+
+def test_doc_values_render(cluster, tmp_path):
+    """The chart values shown in docs/ install as written (helm template with its schema)."""
+    blocks = [yaml.safe_load(b) for md in sorted(DOCS.glob("*.md")) for b in code_blocks(md, "yaml")]
+    values = [b for b in blocks if isinstance(b, dict) and "beamlines" in b]
+    assert values, "no chart values example in docs/"
+    for i, v in enumerate(values):
+        path = tmp_path / f"values-{i}.yaml"
+        path.write_text(yaml.safe_dump(v))
+        out = cluster.helm("template", "kubesky", str(REPO_ROOT / "charts" / "kubesky"), "-f", str(path))
+        rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+        for bl in v["beamlines"]:
+            assert any(d["kind"] == "Beamline" and d["metadata"]["name"] == bl["name"] for d in rendered)
