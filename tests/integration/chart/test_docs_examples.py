@@ -96,20 +96,24 @@ def produce_run(bootstrap: str, topic: str) -> tuple[list[tuple[str, dict[str, A
         assert err is None, err
         delivered.append((msg.partition(), msg.offset()))
 
-    for name, doc in docs:
+    other = ("start", {"uid": str(uuid.uuid4()), "time": now, "plan_name": "other"})
+    # Another run's record amid this one's, on the same partition, as when beamlines share a topic.
+    for key, (name, doc) in (
+        [(start_uid, d) for d in docs[:2]] + [(other[1]["uid"], other)] + [(start_uid, d) for d in docs[2:]]
+    ):
         producer.produce(
             topic,
-            key=start_uid.encode(),
+            partition=0,
+            key=key.encode(),
             value=pack([name, doc]),
             headers=[("kubesky.io/planrun-name", b"count-det")],
             on_delivery=on_delivery,
         )
     assert producer.flush(30) == 0
-    partitions = {p for p, _ in delivered}
-    assert len(partitions) == 1, "one key, one partition"
+    assert len(delivered) == len(docs) + 1
     status = {
         "topic": topic,
-        "partition": partitions.pop(),
+        "partition": 0,
         "firstOffset": min(o for _, o in delivered),
         "lastOffset": max(o for _, o in delivered),
     }
@@ -134,8 +138,9 @@ def test_consumer_examples_read_worker_records(kafka, capsys):
     # aiokafka: one PlanRun's documents by the offsets in its status.kafka.
     ns: dict[str, Any] = {}
     exec(compile(aiokafka_code, "consuming-documents.md (aiokafka)", "exec"), ns)
-    records = asyncio.run(ns["read_run"](kafka.bootstrap, status))
-    assert_same([(name, doc) for name, doc, _ in records], want)
+    records = asyncio.run(ns["read_run"](kafka.bootstrap, status, [want[0][1]["uid"]]))
+    assert_same([(name, doc) for name, doc in records], want)
+    assert asyncio.run(ns["read_run"](kafka.bootstrap, status, ["another-run"])) == []
 
     # bluesky-kafka's RemoteDispatcher, as written, but pointed at this broker and topic, from
     # the topic's start, and stopping once it has seen the run.
@@ -150,16 +155,16 @@ def test_consumer_examples_read_worker_records(kafka, capsys):
         dispatcher_code = dispatcher_code.replace(old, new)
     seen: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + 60
-    ns = {"keep_polling": lambda: len(seen) < len(want) and time.monotonic() < deadline}
+    ns = {"keep_polling": lambda: len(seen) < len(want) + 1 and time.monotonic() < deadline}
     capsys.readouterr()
     code = dispatcher_code.replace(
         "dispatcher.start(",
         "dispatcher.subscribe(lambda name, doc: seen.append((name, doc)))\ndispatcher.start(",
     )
     exec(compile(code, "consuming-documents.md (RemoteDispatcher)", "exec"), {**ns, "seen": seen})
-    assert_same(seen, want)
+    assert_same([(n, d) for n, d in seen if d.get("plan_name") != "other"], want)
     printed = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in printed] == ["start", "descriptor", "event", "stop"]
+    assert [line.split()[0] for line in printed] == ["start", "descriptor", "start", "event", "stop"]
 
 
 def test_doc_values_render(cluster, tmp_path):
