@@ -9,6 +9,8 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubesky_operator import beamline_resources
+from kubesky_operator.api import BeamlineSpec
 
 from tests.helpers.beamlines import worker_identity
 from tests.helpers.operator_process import request_token
@@ -331,3 +333,54 @@ def test_worker_identity_patches_status_only_in_its_namespace(cluster, crds, tmp
     with pytest.raises(ApiException) as err:
         client.CoreV1Api(as_worker).read_namespaced_secret("probe", home)
     assert _status(err) == 403
+
+
+def _pod_from_template(deployment: dict, namespace: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": deployment["metadata"]["name"], "namespace": namespace},
+        "spec": deployment["spec"]["template"]["spec"],
+    }
+
+
+def test_pods_meet_the_restricted_pod_security_standard(chart_cluster):
+    """The operator's pod (chart) and a worker's pod (rendered by the operator) are admitted by
+    the apiserver's PodSecurity admission in a namespace enforcing the `restricted` standard."""
+    ns = f"restricted-{uuid.uuid4().hex[:6]}"
+    chart_cluster.kubectl("create", "namespace", ns)
+    chart_cluster.kubectl(
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
+    operator = next(d for d in render(chart_cluster, "-f", str(FULL_VALUES)) if d["kind"] == "Deployment")
+    spec = BeamlineSpec.model_validate(
+        {"plans": {"configMaps": [{"name": "i22-plans"}]}, "kafka": {"bootstrapServers": "kafka:9092"}}
+    )
+    worker = beamline_resources.deployment(
+        "i22",
+        ns,
+        "uid",
+        spec,
+        image="kubesky-worker:0.1.0",
+        port=8080,
+        config=beamline_resources.worker_config("i22", spec, port=8080),
+    )
+    for deployment in (operator, worker):
+        pod = _pod_from_template(deployment, ns)
+        sa = pod["spec"]["serviceAccountName"]
+        chart_cluster.kubectl("create", "serviceaccount", sa, "-n", ns, check=False)
+        out = chart_cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(pod), check=False
+        )
+        assert out.returncode == 0 and "PodSecurity" not in out.stderr, out.stderr
+    # The check is real: a pod that keeps its capabilities is refused.
+    pod = _pod_from_template(worker, ns)
+    del pod["spec"]["containers"][0]["securityContext"]["capabilities"]
+    out = chart_cluster.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(pod), check=False
+    )
+    assert out.returncode != 0 and 'violates PodSecurity "restricted' in out.stderr, out.stderr
