@@ -140,3 +140,21 @@ def test_locks_hold_each_side_and_nothing_of_the_tests():
     for lock in (worker, operator):
         assert not {"pytest", "ruff", "bluesky-kafka", "confluent-kafka"} & set(lock)
     assert "kopf" not in worker and "bluesky" not in operator
+
+
+def test_build_context_leaves_out_the_venv_and_bytecode():
+    """Both images build from the repository root: no virtualenv, git history or stale bytecode
+    goes into the context (and so into a COPY of a package directory), and nothing COPY needs is
+    ignored."""
+    patterns = [
+        ln.strip()
+        for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert {".venv", ".git", "**/__pycache__"} <= set(patterns)
+    for dockerfile in DOCKERFILES:
+        for op, rest in instructions(dockerfile):
+            if op == "COPY" and "--from=" not in rest:
+                for src in rest.split()[:-1]:
+                    top = src.strip("/").split("/")[0]
+                    assert top not in patterns, f"{dockerfile.parent.name}: COPY {src} is in .dockerignore"
