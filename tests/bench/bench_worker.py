@@ -111,7 +111,7 @@ def latency_summary(metrics_text: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=5000, help="events per count (>= 5000)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--runs-for-rss", type=int, default=100)
     args = ap.parse_args()
 

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 RECORD_OVERHEAD = 512  # bytes reserved for record + batch framing when checking the size limit
 MAX_ROUND_RECORDS = 20000
 MAX_ROUND_BYTES = 16 * 1024 * 1024
-MIN_LINGER_MS = 20.0
 
 
 def serializer() -> Callable[[Any], bytes]:
@@ -94,6 +93,7 @@ class Publisher:
         self._idle = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._flush: asyncio.Event | None = None  # set by finish(): end the linger early
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = False
@@ -112,9 +112,9 @@ class Publisher:
         self.connected = False
         self.last_error: str | None = None
         # Pace publish rounds: wait this long after the first new document before draining, so one
-        # thread wake-up and one Kafka round trip carry many documents (kafka.lingerMs, at least
-        # MIN_LINGER_MS; $KUBESKY_PUBLISH_LINGER_MS overrides for experiments).
-        linger_ms = max(kafka.linger_ms, MIN_LINGER_MS) if kafka is not None else 0.0
+        # thread wake-up and one Kafka round trip carry many documents; every round costs the
+        # RunEngine thread GIL hand-offs (kafka.lingerMs; $KUBESKY_PUBLISH_LINGER_MS overrides it).
+        linger_ms = float(kafka.linger_ms) if kafka is not None else 0.0
         if os.environ.get("KUBESKY_PUBLISH_LINGER_MS"):
             linger_ms = float(os.environ["KUBESKY_PUBLISH_LINGER_MS"])
         self._linger = linger_ms / 1000.0
@@ -138,8 +138,9 @@ class Publisher:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._dq.append((run, None, fut, 0.0))
         self._idle = False
-        if self._loop is not None and self._wake is not None:
+        if self._loop is not None and self._wake is not None and self._flush is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._flush.set)
         return fut
 
     def pending(self) -> int:
@@ -150,6 +151,7 @@ class Publisher:
             return
         self._stopping = True
         self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+        self._loop.call_soon_threadsafe(self._flush.set)  # type: ignore[union-attr]
         self._stopped.wait(timeout)
 
     # -- publisher thread ------------------------------------------------------------------------
@@ -158,6 +160,7 @@ class Publisher:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._wake = asyncio.Event()
+        self._flush = asyncio.Event()
         self._ready.set()
         try:
             loop.run_until_complete(self._main())
@@ -173,7 +176,7 @@ class Publisher:
             self._stopped.set()
 
     async def _main(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._flush is not None
         while True:
             if not self._dq and not self._backlog:
                 if self._stopping:
@@ -189,8 +192,14 @@ class Publisher:
                 and len(self._dq) + len(self._backlog) < MAX_ROUND_RECORDS
             ):
                 # let documents accumulate: fewer, larger rounds and far fewer thread wake-ups,
-                # which keeps the publisher from competing with the RunEngine for the GIL
-                await asyncio.sleep(self._linger)
+                # which keeps the publisher from competing with the RunEngine for the GIL; a run's
+                # end (finish) or stop() cuts the wait short so a run is reported promptly
+                if not self._flush.is_set():
+                    try:
+                        await asyncio.wait_for(self._flush.wait(), self._linger)
+                    except TimeoutError:
+                        pass
+            self._flush.clear()
             touched: set[int] = set()
             self._intake(touched)
             if self._backlog:
@@ -398,7 +407,7 @@ class Publisher:
             "client_id": self.client_id,
             "acks": "all",
             "enable_idempotence": True,
-            "linger_ms": k.linger_ms,
+            "linger_ms": 0,  # batches are gathered (kafka.lingerMs) and closed before send_batch
             "max_request_size": k.max_request_size,
             "max_batch_size": max(16384, k.max_request_size - RECORD_OVERHEAD),
             "request_timeout_ms": 30000,
