@@ -6,18 +6,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv infra crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra crds crds-check lint test test-unit test-integration demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload clean
 
 all: test
 
-$(VENV)/.installed: pyproject.toml
+# The venv holds exactly the locked versions, so the tests run what the images ship whatever
+# PyPI has published since; `make lock` re-resolves and rewrites the locks.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements-dev.lock -e '.[dev]'
 	@touch $@
 
 venv: $(VENV)/.installed
+
+lock: venv
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(PY) tools/lock_requirements.py dev > requirements-dev.lock
+	$(PY) tools/lock_requirements.py worker > worker_image/requirements.lock
+	$(PY) tools/lock_requirements.py operator > operator/requirements.lock
+	@touch $(VENV)/.installed
 
 infra:
 	bash tests/infra/build.sh

@@ -1,10 +1,12 @@
-"""Write the pinned runtime requirements of an image from the versions installed in .venv.
+"""Write pinned requirements from the versions installed in .venv (`make lock` runs all three).
 
+    .venv/bin/python tools/lock_requirements.py dev > requirements-dev.lock
     .venv/bin/python tools/lock_requirements.py worker > worker_image/requirements.lock
     .venv/bin/python tools/lock_requirements.py operator > operator/requirements.lock
 
 Walks the dependency closure of `kubesky[<extra>]` through the installed distributions' metadata,
-so the Dockerfiles install exactly what the tests ran with."""
+so the Dockerfiles install exactly what the tests ran with; `make venv` installs the test
+environment under the dev lock as constraints."""
 
 from __future__ import annotations
 

@@ -3,10 +3,11 @@
 A background thread patches the status subresource (JSON merge patch) of each run's PlanRun:
 phase changes at once, progress at most twice a second per run, with retries and backoff while the
 apiserver is unreachable. It never blocks the RunEngine: `update()` only marks the run dirty.
-Phases never go backwards: before writing a phase the current status is read, the move checked with
-`may_transition`, and the patch carries the resourceVersion it was computed against (a conflict
-re-reads and retries). The Succeeded condition is Unknown while the run is active and True/False at
-the end."""
+Phases never go backwards: a phase write is computed against the PlanRun as last seen (the response
+of our previous patch, else a fresh read), the move checked with `may_transition`, and the patch
+carries that resourceVersion; a conflict re-reads and retries. Reusing our own patch responses
+saves the apiserver a read per phase change. The Succeeded condition is Unknown while the run is
+active and True/False at the end."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class _Entry:
     backoff: float = 0.5
     gone: bool = False
     foreign: bool = False  # the PlanRun's phase is ahead of ours: write counters only
+    seen: dict[str, Any] | None = None  # the PlanRun as our last patch returned it
 
 
 class StatusWriter:
@@ -182,7 +184,7 @@ class StatusWriter:
             if record.phase != e.written_phase:
                 self._write_phase(api, e, record)
             else:
-                self._patch(api, run, self._status_body(record, include_phase=False, counters_only=e.foreign))
+                self._patch(api, e, self._status_body(record, include_phase=False, counters_only=e.foreign))
             e.written_version = version
             e.last_write = time.monotonic()
             e.backoff = 0.5
@@ -210,7 +212,9 @@ class StatusWriter:
         ref = e.run.planrun
         assert ref is not None
         for _ in range(5):
-            obj = api.get_namespaced_custom_object_status(GROUP, VERSION, ref.namespace, PLURAL, ref.name)
+            obj, e.seen = e.seen, None
+            if obj is None:
+                obj = api.get_namespaced_custom_object_status(GROUP, VERSION, ref.namespace, PLURAL, ref.name)
             current = (obj.get("status") or {}).get("phase")
             rv = obj.get("metadata", {}).get("resourceVersion")
             if current is not None and not may_transition(current, record.phase):
@@ -223,7 +227,7 @@ class StatusWriter:
                 )
                 # someone else moved it further (e.g. Cancelled): write the counters only
                 e.foreign = True
-                self._patch(api, e.run, self._status_body(record, include_phase=False, counters_only=True))
+                self._patch(api, e, self._status_body(record, include_phase=False, counters_only=True))
                 e.written_phase = record.phase
                 return
             conditions = [
@@ -243,7 +247,7 @@ class StatusWriter:
             body["status"]["conditions"] = [c.wire() for c in conditions]
             body["metadata"] = {"resourceVersion": rv}
             try:
-                self._patch(api, e.run, body)
+                self._patch(api, e, body)
             except ApiException as exc:
                 if exc.status == 409:
                     continue  # the object changed under us: re-read and recompute
@@ -265,10 +269,11 @@ class StatusWriter:
             status["phase"] = wire["phase"]
         return {"status": status}
 
-    def _patch(self, api: Any, run: Run, body: dict[str, Any]) -> None:
-        ref = run.planrun
+    def _patch(self, api: Any, e: _Entry, body: dict[str, Any]) -> None:
+        ref = e.run.planrun
         assert ref is not None
-        api.patch_namespaced_custom_object_status(
+        e.seen = None
+        obj = api.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             ref.namespace,
@@ -278,3 +283,4 @@ class StatusWriter:
             _content_type="application/merge-patch+json",
         )
         self.metrics.status_patches.inc()
+        e.seen = obj if isinstance(obj, dict) else None

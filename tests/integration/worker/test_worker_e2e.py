@@ -422,3 +422,38 @@ def test_phase_never_goes_backwards(worker, api, namespace):
     assert status["phase"] == "Cancelled"
     assert status["reason"] == "Deleted"
     assert "exitStatus" not in status
+
+
+def _planrun_status_requests(cluster) -> Counter:
+    """apiserver_request_total for planruns/status by verb, read from the apiserver's own metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "apiserver_request_total"
+                and labels.get("resource") == PLURAL
+                and labels.get("subresource") == "status"
+            ):
+                counts[labels["verb"]] += int(sample.value)
+    return counts
+
+
+def test_status_writes_reuse_patch_responses(worker, api, namespace, cluster):
+    """Phase writes are computed against the worker's own last patch response: one read of the
+    PlanRun per run (for its first phase write), not one per phase change."""
+    pr = create_planrun(api, namespace, "count", {"detectors": ["det"], "num": 3})
+    before = _planrun_status_requests(cluster)
+    assert dispatch(worker, pr).status_code == 202
+    wait_record(worker, pr["metadata"]["uid"], terminal)
+    status = wait_status(api, pr, lambda s: s.get("phase") == "Succeeded" and s.get("kafka"))
+    assert status["documents"]["event"] == 3
+    after = _planrun_status_requests(cluster)
+    writes = after["PATCH"] - before["PATCH"]
+    assert writes >= 2, (before, after)  # Running, then Succeeded (and perhaps progress)
+    assert after["GET"] - before["GET"] == 1, (before, after)

@@ -23,6 +23,7 @@ DOCKERFILES = [WORKER, OPERATOR]
 LOCKS = {
     "worker": REPO_ROOT / "worker_image" / "requirements.lock",
     "operator": REPO_ROOT / "operator" / "requirements.lock",
+    "dev": REPO_ROOT / "requirements-dev.lock",
 }
 
 
@@ -126,8 +127,8 @@ def _lock_tool() -> ModuleType:
 
 @pytest.mark.parametrize("extra", sorted(LOCKS))
 def test_lock_is_the_tested_environment(extra: str):
-    """The lock pins exactly what the tests ran with: regenerate it after changing dependencies
-    (`.venv/bin/python tools/lock_requirements.py <extra> > <lock>`)."""
+    """The lock pins exactly what the tests ran with (`make venv` installs under the dev lock's
+    constraints); `make lock` re-resolves and rewrites all three after a dependency change."""
     assert pinned(LOCKS[extra]) == _lock_tool().closure(extra), f"{LOCKS[extra]} is stale"
 
 
