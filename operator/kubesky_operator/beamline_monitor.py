@@ -51,6 +51,7 @@ class BeamlineMonitor:
         self._token_at = 0.0
         self._token_source: tuple[str, str] | None = None
         self._plans: list[PlanInfo] = []
+        self.plan_names: frozenset[str] = frozenset()  # the catalogue the worker last served
         self._plans_hash: str | None = None
         self._plan_set_changed: str | None = None
         self._orphan: str | None = None
@@ -146,6 +147,7 @@ class BeamlineMonitor:
                 if self._plans_hash is not None:
                     self._plan_set_changed = _now()
                 self._plans = catalogue.plans
+                self.plan_names = frozenset(p.name for p in catalogue.plans)
                 self._plans_hash = catalogue.plan_set_hash
             self.state = state
             self.ready = True

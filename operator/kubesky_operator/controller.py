@@ -17,6 +17,7 @@ from .events import EventRecorder
 from .gate import DispatchGate
 from .kubeapi import KubeApi
 from .metrics import TRANSITIONS, phase_changed
+from .plan_rollout import PlanRollout
 from .positions import PositionWriter
 from .queue import RunView
 from .settings import OperatorSettings
@@ -61,6 +62,7 @@ class Controller:
         )
         self.dispatchers: dict[BeamlineKey, BeamlineDispatcher] = {}
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
+        self.rollout = PlanRollout(self)
         self._worker_session: aiohttp.ClientSession | None = None
         self.started = False
         # True once kopf has listed every watched kind (it then calls the non-index handlers):
@@ -77,6 +79,7 @@ class Controller:
         self.positions.start()
 
     async def stop(self) -> None:
+        await self.rollout.stop()
         for d in list(self.dispatchers.values()):
             await d.stop()
         for m in list(self.monitors.values()):

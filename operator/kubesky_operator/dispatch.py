@@ -85,6 +85,8 @@ class BeamlineDispatcher:
         self._abort_sent: dict[str, float] = {}
         self._abort_last: dict[str, float] = {}
         self._running_since: dict[str, float] = {}
+        self._plans_checked: set[str] = set()  # runs whose plan was looked for in a pending rollout
+        self._waiting_for_plans: set[str] = set()
         self._retry_at: float | None = None
         self._busy_backoff = 0.005
         self._t_dispatch = self._t_patched = 0.0
@@ -125,7 +127,8 @@ class BeamlineDispatcher:
             self._running_since,
         ):
             d.pop(uid, None)
-        self._submitted.discard(uid)
+        for s in (self._submitted, self._plans_checked, self._waiting_for_plans):
+            s.discard(uid)
         for k in [k for k in self._diverged_since if k[0] == uid]:
             del self._diverged_since[k]
 
@@ -192,7 +195,11 @@ class BeamlineDispatcher:
             worker_ready=monitor is not None and monitor.ready,
         )
         dispatched_uid: str | None = None
-        if plan.dispatch is not None and monitor is not None:
+        if (
+            plan.dispatch is not None
+            and monitor is not None
+            and not await self._awaiting_plans(plan.dispatch, monitor)
+        ):
             async with ctl.gate.dispatching():
                 if await self._dispatch(plan.dispatch, monitor):
                     dispatched_uid = plan.dispatch.uid
@@ -335,6 +342,35 @@ class BeamlineDispatcher:
         return True
 
     # Dispatch -------------------------------------------------------------------------------
+
+    async def _awaiting_plans(self, run: RunView, monitor: BeamlineMonitor) -> bool:
+        """Hold a PlanRun for a plan its worker does not serve yet while a rollout of the
+        Beamline's plan ConfigMaps may bring it (the kubelet projects a ConfigMap change only on its
+        next sync): it stays Queued at the head of the queue instead of being rejected. Without a
+        pending rollout it is dispatched and the worker's 422 rejects it."""
+        if run.plan in monitor.plan_names:
+            return False
+        rollout = self.ctl.rollout
+        if run.uid not in self._plans_checked and not rollout.in_progress(self.key):
+            self._plans_checked.add(run.uid)
+            bl = self.ctl.store.beamlines.get(self.key)
+            if bl is not None and bl.spec.plans.config_maps and monitor.state is not None:
+                try:
+                    expected = await rollout.expected_hash(bl)
+                except ApiError as exc:
+                    log.warning("beamline %s/%s: cannot read its plan ConfigMaps: %s", *self.key, exc)
+                    expected = None
+                if expected is not None and expected != monitor.state.plan_set_hash:
+                    rollout.start(self.key)  # the ConfigMap event may not have reached us yet
+        if not rollout.in_progress(self.key):
+            return False
+        if run.uid not in self._waiting_for_plans:
+            self._waiting_for_plans.add(run.uid)
+            message = f"plan {run.plan!r} is not served yet: waiting for the plan rollout under way"
+            log.info("%s/%s: %s", run.namespace, run.name, message)
+            self.ctl.events.record_run(self._fresh(run), "WaitingForPlans", message)
+        self._retry_in(5.0)  # the rollout wakes this dispatcher when it ends; this is a safety net
+        return True
 
     async def _dispatch(self, run: RunView, monitor: BeamlineMonitor) -> bool:
         """Write Dispatched (and the finalizer) then POST the run. True when Dispatched was written."""

@@ -70,16 +70,13 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         ctl.api.relogin = lambda: credentials(settings)
         return info
 
-    rollout = plan_rollout.PlanRollout(ctl)
-
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        await rollout.stop()
         await ctl.stop()
 
     planrun_handlers.register(registry, ctl)
     beamline_handlers.register(registry, ctl)
-    plan_rollout.register(registry, ctl, rollout)
+    plan_rollout.register(registry, ctl, ctl.rollout)
 
 
 async def run(

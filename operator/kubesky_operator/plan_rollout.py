@@ -5,7 +5,12 @@ The kubelet re-projects a ConfigMap volume only on its periodic sync (up to a mi
 but at once when the pod itself changes. So on a ConfigMap change the operator annotates the
 worker's pods with the plan-set hash it expects (a nudge), then asks the worker to reload until
 it serves that hash. The worker also watches its plans directory itself; the operator's calls
-make the rollout converge even when a file event is missed, and tell it when it is done."""
+make the rollout converge even when a file event is missed, and tell it when it is done.
+
+While a rollout is under way, a PlanRun for a plan the worker does not serve yet waits at the head
+of its queue (see `BeamlineDispatcher`) instead of being rejected: applying a ConfigMap and a
+PlanRun using its new plan together works. The wait ends when the worker serves the new plan set,
+when the new sources fail to load, or after ROLLOUT_TIMEOUT."""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class PlanRollout:
         self.ctl = ctl
         self._tasks: dict[BeamlineKey, asyncio.Task[None]] = {}
         self.expected: dict[BeamlineKey, str] = {}
+        self.failed: dict[BeamlineKey, str] = {}  # an expected plan set whose sources do not load
 
     def beamlines_using(self, namespace: str, configmap: str) -> list[BeamlineView]:
         return [
@@ -54,7 +60,16 @@ class PlanRollout:
         for bl in self.beamlines_using(namespace, configmap):
             self.start(bl.key)
 
+    def in_progress(self, key: BeamlineKey) -> bool:
+        """A rollout is running whose plan set may still become servable."""
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            return False
+        expected = self.expected.get(key)
+        return expected is None or self.failed.get(key) != expected
+
     def start(self, key: BeamlineKey) -> None:
+        self.expected.pop(key, None)
         old = self._tasks.pop(key, None)
         if old is not None and not old.done():
             old.cancel()  # a newer ConfigMap version supersedes the rollout in progress
@@ -78,6 +93,12 @@ class PlanRollout:
         return configmaps_plan_set_hash(datas, list(bl.spec.plans.modules), list(bl.spec.plans.include))
 
     async def _roll(self, key: BeamlineKey) -> None:
+        try:
+            await self._converge(key)
+        finally:
+            self.ctl.wake(key)  # a PlanRun may be waiting for this rollout
+
+    async def _converge(self, key: BeamlineKey) -> None:
         bl = self.ctl.store.beamlines.get(key)
         if bl is None:
             return
@@ -109,6 +130,9 @@ class PlanRollout:
                             # The new sources are served to the worker but do not load: the previous
                             # plans keep serving and the Beamline's PlansLoaded condition says why.
                             monitor.poke()
+                            if self.failed.get(key) != expected:
+                                self.failed[key] = expected
+                                self.ctl.wake(key)  # PlanRuns waiting for these plans: stop waiting
                 except (WorkerUnreachable, WorkerAuthError) as exc:
                     log.debug("beamline %s/%s: reload not possible yet: %s", *key, exc)
             await asyncio.sleep(delay)
@@ -116,6 +140,7 @@ class PlanRollout:
         log.warning("beamline %s/%s: worker does not serve plan set %s yet", *key, expected[:12])
 
     def _done(self, key: BeamlineKey, bl: BeamlineView, expected: str) -> None:
+        self.failed.pop(key, None)
         log.info("beamline %s/%s: serving plan set %s", *key, expected[:12])
         monitor = self.ctl.monitors.get(key)
         if monitor is not None:

@@ -4,6 +4,7 @@ operator (under the chart's ServiceAccount) converges the Beamline's status on t
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -209,3 +210,57 @@ def test_twenty_rollouts_with_runs_between(cluster, namespace, api, rollout_beam
         done = wait_phase(api, namespace, name, {"Succeeded", "Failed", "Rejected"}, timeout=30)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         assert done["status"]["planSetHash"] == expected
+
+
+def waiting_for_plans(cluster, namespace: str, name: str) -> list[dict]:
+    out = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name},reason=WaitingForPlans",
+        "-o",
+        "json",
+    ).stdout
+    return json.loads(out)["items"]
+
+
+def test_planrun_applied_with_its_configmap_waits_for_the_projection(
+    cluster, namespace, api, rollout_beamline
+):
+    """A GitOps sync applies the plans ConfigMap and a PlanRun using its new plan together, and the
+    kubelet projects the ConfigMap only on its next sync: the PlanRun waits Queued instead of
+    being rejected, then runs the new plan."""
+    bl, rollout = rollout_beamline
+    data = {"base.py": BASE + plan("arrives_later")}
+    new_hash = rollout.apply(data, swap=False)
+    name = new_name("later")
+    kubectl_apply(cluster, namespace, planrun_manifest(name, bl.name, "arrives_later", {}))
+    events = wait_for("WaitingForPlans event", lambda: waiting_for_plans(cluster, namespace, name), 20)
+    assert "arrives_later" in events[0]["message"]
+    time.sleep(2.0)  # the kubelet has not synced yet: still waiting, not rejected
+    held = wait_phase(api, namespace, name, {"Queued", "Rejected", "Running", "Succeeded"}, timeout=5)
+    assert held["status"]["phase"] == "Queued", held["status"]
+    project(rollout.plans_dir, data)  # the kubelet's sync
+    done = wait_phase(api, namespace, name, {"Succeeded", "Failed", "Rejected"}, timeout=30)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["planSetHash"] == new_hash
+
+
+def test_waiting_planrun_is_rejected_when_the_rollout_fails_to_load(
+    cluster, namespace, api, rollout_beamline
+):
+    bl, rollout = rollout_beamline
+    broken = "import bluesky.plan_stubs as bps\n\ndef oops(:\n    pass\n"
+    data = {"base.py": BASE + plan("never_served"), "broken.py": broken}
+    rollout.apply(data, swap=False)
+    name = new_name("never")
+    kubectl_apply(cluster, namespace, planrun_manifest(name, bl.name, "never_served", {}))
+    wait_for("WaitingForPlans event", lambda: waiting_for_plans(cluster, namespace, name), 20)
+    project(rollout.plans_dir, data)
+    t0 = time.monotonic()
+    done = wait_phase(api, namespace, name, {"Succeeded", "Failed", "Rejected"}, timeout=30)
+    assert done["status"]["phase"] == "Rejected", done["status"]
+    assert "never_served" in done["status"]["message"]
+    assert time.monotonic() - t0 < 15  # not held for the whole rollout timeout

@@ -122,6 +122,8 @@ class FakeMonitor:
         self.client = worker
         self.ready = True
         self.endpoint = worker.base_url
+        self.plan_names: frozenset[str] = frozenset()  # no catalogue: the rollout check is exercised
+        self.state = None
 
     def mark_unreachable(self) -> None:
         self.ready = False
