@@ -17,8 +17,12 @@ log = logging.getLogger("kubesky_worker")
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: accepted sockets inherit the listener's proto, and asyncio turns on
+    # TCP_NODELAY only for proto IPPROTO_TCP; without it Nagle holds a response's body until the
+    # client's delayed ACK (40 ms on Linux) of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(128)
     sock.set_inheritable(True)
