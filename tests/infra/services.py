@@ -403,22 +403,35 @@ class Kafka:
         )
         if fmt.returncode != 0:
             raise ServiceError(f"kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}")
-        self.proc = spawn(
-            "kafka", [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)], self.workdir / "kafka.log"
-        )
+        self._command = [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)]
         self.bootstrap = f"127.0.0.1:{broker}"
-
-        def ready() -> bool:
-            with socket.create_connection(("127.0.0.1", broker), timeout=1):
-                pass
-            return "Kafka Server started" in self.proc.log_path.read_text(errors="replace") or (
-                "Transitioning from STARTING to STARTED" in self.proc.log_path.read_text(errors="replace")
-            )
-
-        wait_until("kafka broker", ready, 120, [self.proc])
+        self._launch()
         self.startup_seconds = time.monotonic() - t0
         log(f"kafka ready at {self.bootstrap} in {self.startup_seconds:.1f} s")
         return self
+
+    def _launch(self) -> None:
+        port = int(self.bootstrap.rsplit(":", 1)[1])
+        log_path = self.workdir / "kafka.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        self.proc = spawn("kafka", self._command, log_path)
+
+        def ready() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                pass
+            with open(log_path, errors="replace") as f:
+                f.seek(offset)
+                text = f.read()
+            return "Kafka Server started" in text or "Transitioning from STARTING to STARTED" in text
+
+        wait_until("kafka broker", ready, 120, [self.proc])
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the broker and start it again on the same ports with the same data (an outage)."""
+        if self.proc:
+            self.proc.stop(timeout=20)
+        time.sleep(down_seconds)
+        self._launch()
 
     def log_tails(self, lines: int = 30) -> str:
         return f"--- kafka ({self.proc.log_path})\n{tail(self.proc.log_path, lines)}" if self.proc else ""

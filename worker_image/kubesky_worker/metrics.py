@@ -48,6 +48,11 @@ class Metrics:
         self.reloads = Counter(
             "kubesky_worker_plan_reloads", "Plan set reloads by result.", ["result"], registry=r
         )
+        self.publish_blocked = Gauge(
+            "kubesky_worker_publish_blocked",
+            "1 while the RunEngine waits for Kafka: kafka.maxPendingDocuments are undelivered.",
+            registry=r,
+        )
         self.busy = Gauge("kubesky_worker_busy", "1 while a run is active.", registry=r)
 
     def set_pending_function(self, fn: Callable[[], float]) -> None:

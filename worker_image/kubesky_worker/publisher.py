@@ -6,7 +6,9 @@ serializes (msgpack + msgpack-numpy of `[name, doc]`, as bluesky-kafka's Publish
 sends batches with aiokafka (acks=all, idempotent). A round of batches is sent and acknowledged
 before the next round starts, so each partition's records keep emission order; while a round is in
 flight new documents accumulate and form the next, larger round. A failed batch is retried (with
-backoff, recreating the producer after repeated failures); documents are never dropped. A run's
+backoff, recreating the producer after repeated failures); documents are never dropped. At most
+`kafka.maxPendingDocuments` wait for Kafka: beyond that the callback holds the RunEngine until
+they drain (back-pressure), so an outage stalls the plan rather than exhausting memory. A run's
 `finish()` future resolves once every document it emitted is acknowledged."""
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = False
+        self._max_pending = kafka.max_pending_documents if kafka is not None else 0
+        self._room = threading.Condition()
+        self._blocked = False
         self._stopped = threading.Event()
         self._backlog: deque[_Record] = deque()
         self._inflight = 0
@@ -132,6 +137,29 @@ class Publisher:
         if self._idle:
             self._idle = False
             self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+        if self._max_pending and self.pending() > self._max_pending:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure on the RunEngine thread: the backlog is full (Kafka down or slower than the
+        plan). Wait until it has drained to 90% of the bound; a pause or abort takes effect after."""
+        low = self._max_pending * 9 // 10
+        with self._room:
+            if self.pending() <= self._max_pending:
+                return
+            self._blocked = True
+            self.metrics.publish_blocked.set(1)
+            log.warning(
+                "%d documents wait for Kafka (%s): the RunEngine waits for them to drain",
+                self.pending(),
+                self.last_error or "Kafka slower than the plan",
+            )
+            t0 = time.monotonic()
+            while self.pending() > low and not self._stopping:
+                self._room.wait(1.0)
+            self._blocked = False
+            self.metrics.publish_blocked.set(0)
+        log.warning("Kafka takes documents again: the RunEngine waited %.1f s", time.monotonic() - t0)
 
     def finish(self, run: Run) -> concurrent.futures.Future[None]:
         """Future resolved when every document of `run` enqueued so far is acknowledged."""
@@ -150,6 +178,8 @@ class Publisher:
         if self._loop is None or self._thread is None:
             return
         self._stopping = True
+        with self._room:
+            self._room.notify_all()
         self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
         self._loop.call_soon_threadsafe(self._flush.set)  # type: ignore[union-attr]
         self._stopped.wait(timeout)
@@ -208,6 +238,9 @@ class Publisher:
                 else:
                     await self._send_round(touched)
             self._apply(touched)
+            if self._blocked:
+                with self._room:
+                    self._room.notify_all()
             if self._stopping and self._backlog and self.kafka is not None and not self.connected:
                 log.error("stopping with %d documents undelivered", self.pending())
                 return

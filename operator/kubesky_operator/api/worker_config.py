@@ -51,6 +51,15 @@ class KafkaConfig(ApiModel):
             "flushed at once."
         ),
     )
+    max_pending_documents: int = Field(
+        default=100000,
+        ge=100,
+        description=(
+            "Most documents held for Kafka (emitted, not yet acknowledged). When Kafka is down or "
+            "slower than the plan, the RunEngine waits at this bound until they drain instead of "
+            "the worker's memory growing without limit; documents are never dropped."
+        ),
+    )
 
 
 class KubeConfig(ApiModel):

@@ -1,0 +1,108 @@
+"""A Kafka outage mid-run, against a broker of this test's own (stopped and started again on the
+same ports with the same data): the run is not reported finished while any of its documents is
+undelivered, the undelivered backlog stays within kafka.maxPendingDocuments (the RunEngine waits),
+the worker keeps serving its API, and once the broker is back every document arrives exactly once,
+in order, and the run succeeds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.kafka_docs import check_run_order, read_range, validate_documents
+from tests.helpers.worker_process import WorkerProcess, sim_config
+from tests.infra.services import Kafka
+
+TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted"}
+
+
+@pytest.fixture
+def own_kafka(built, tmp_path):
+    _, kafka_dir = built
+    k = Kafka(tmp_path / "kafka", kafka_dir).start()
+    try:
+        yield k
+    finally:
+        k.stop()
+
+
+def _gauge(c, name: str) -> float:
+    for family in text_string_to_metric_families(c.get("/metrics").text):
+        if family.name == name:
+            return family.samples[0].value
+    raise AssertionError(f"no {name} metric")
+
+
+def _pending(c) -> float:
+    return _gauge(c, "kubesky_worker_documents_pending")
+
+
+BOUND = 100
+
+
+def _submit(c, num: int, delay: float = 0.0) -> str:
+    run_id = str(uuid.uuid4())
+    params = {"detectors": ["det"], "num": num, **({"delay": delay} if delay else {})}
+    r = c.post("/v1/runs", json={"id": run_id, "plan": "count", "params": params})
+    assert r.status_code == 202, r.text
+    return run_id
+
+
+def _wait(c, run_id: str, pred, timeout: float, w: WorkerProcess) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = c.get(f"/v1/runs/{run_id}").json()
+        if pred(rec):
+            return rec
+        assert time.monotonic() < deadline, f"timed out; last record {rec}\n{w.log_tail()}"
+        time.sleep(0.05)
+
+
+def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka, tmp_path):
+    topic = f"outage-{uuid.uuid4().hex[:6]}.bluesky.runengine.documents"
+    cfg = sim_config("outage", kafka=own_kafka.bootstrap, topic=topic)
+    cfg["kafka"]["maxPendingDocuments"] = BOUND
+    w = WorkerProcess(cfg, tmp_path / "worker")
+    w.start()
+    try:
+        with w.client(timeout=10) as c:
+            warm = _submit(c, 1)  # the producer is connected and the topic exists
+            assert _wait(c, warm, lambda r: r["phase"] in TERMINAL, 60, w)["phase"] == "Succeeded"
+
+            own_kafka.proc.stop(timeout=20)  # the outage begins
+            run_id = _submit(c, 300)
+            # the plan would emit its 303 documents in well under a second; none can be delivered
+            time.sleep(3.0)
+            during = c.get(f"/v1/runs/{run_id}").json()
+            assert during["phase"] == "Running", during
+            assert BOUND <= _pending(c) <= BOUND + 1  # the RunEngine waits at the bound
+            assert _gauge(c, "kubesky_worker_publish_blocked") == 1
+            assert c.get("/v1/state").status_code == 200  # the API keeps serving
+
+            own_kafka.restart()
+            rec = _wait(c, run_id, lambda r: r["phase"] in TERMINAL, 90, w)
+            assert rec["phase"] == "Succeeded", rec
+            assert rec["documents"] == {"start": 1, "descriptor": 1, "event": 300, "stop": 1}, rec
+            assert _pending(c) == 0
+            assert _gauge(c, "kubesky_worker_publish_blocked") == 0
+
+            k = rec["kafka"]
+            records = read_range(
+                own_kafka.bootstrap, topic, k["partition"], k["firstOffset"], k["lastOffset"]
+            )
+            assert all(r.key == rec["runUids"][0].encode() for r in records)
+            docs = [(r.name, r.doc) for r in records]
+            assert Counter(name for name, _ in docs) == Counter(rec["documents"])
+            uids = [d.get("uid") for _, d in docs]
+            assert len(uids) == len(set(uids)), "a document was delivered twice"
+            check_run_order(docs)
+            validate_documents(docs)
+
+            after = _submit(c, 3)  # and the worker goes on
+            assert _wait(c, after, lambda r: r["phase"] in TERMINAL, 60, w)["phase"] == "Succeeded"
+    finally:
+        w.stop(timeout=10)
