@@ -134,6 +134,11 @@ def worker_config(
             sasl_username=creds.get("username") or None,
             sasl_password_file=f"{KAFKA_CREDS_DIR}/password" if "password" in creds else None,
             ca_file=f"{KAFKA_CREDS_DIR}/ca.crt" if "ca.crt" in creds else None,
+            **{
+                name: value
+                for name in ("linger_ms", "max_pending_documents")
+                if (value := getattr(spec.kafka, name)) is not None
+            },
         )
     return WorkerConfig(
         beamline=beamline,

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .common import ApiModel, Condition
+from .worker_config import KafkaConfig
 
 KIND = "Beamline"
 PLURAL = "beamlines"
@@ -105,6 +106,25 @@ class KafkaSpec(ApiModel):
     credentials_secret: str | None = Field(
         default=None,
         description="Secret with keys username/password (SASL) and optionally ca.crt for TLS.",
+    )
+    linger_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=60000,
+        description=(
+            f"How long the worker gathers documents before a Kafka batch (default "
+            f"{KafkaConfig.model_fields['linger_ms'].default} ms): longer keeps fast plans faster, "
+            "shorter shows documents to live consumers sooner. A run's end is sent at once."
+        ),
+    )
+    max_pending_documents: int | None = Field(
+        default=None,
+        ge=100,
+        description=(
+            f"Most documents waiting for Kafka (default "
+            f"{KafkaConfig.model_fields['max_pending_documents'].default}); beyond it the RunEngine "
+            "waits for them to drain instead of the worker's memory growing during an outage."
+        ),
     )
 
 

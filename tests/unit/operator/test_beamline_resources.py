@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import yaml
-from kubesky_operator.api import BeamlineSpec, WorkerConfig
+from kubesky_operator.api import BeamlineSpec, KafkaConfig, WorkerConfig
 from kubesky_operator.beamline_resources import (
     config_map_name,
     render_all,
@@ -16,7 +16,7 @@ SPEC = BeamlineSpec.model_validate(
         "worker": {"resources": {"requests": {"cpu": "250m"}}, "env": [{"name": "A", "value": "1"}]},
         "plans": {"modules": ["bluesky.plans"], "include": ["count"], "configMaps": [{"name": "sim-plans"}]},
         "devices": {"configMaps": [{"name": "sim-devices"}]},
-        "kafka": {"bootstrapServers": "kafka:9092", "credentialsSecret": "kafka-creds"},
+        "kafka": {"bootstrapServers": "kafka:9092", "credentialsSecret": "kafka-creds", "lingerMs": 50},
         "metadata": {"facility": "x"},
     }
 )
@@ -79,6 +79,9 @@ def test_config_is_a_valid_worker_config() -> None:
     assert cfg.plans.modules == ["bluesky.plans"] and cfg.plans.include == ["count"]
     assert cfg.kafka is not None and cfg.kafka.topic == "sim.bluesky.runengine.documents"
     assert cfg.kafka.sasl_username == "u" and cfg.kafka.sasl_password_file
+    # tuned where the Beamline says so, the worker's defaults elsewhere
+    assert cfg.kafka.linger_ms == 50
+    assert cfg.kafka.max_pending_documents == KafkaConfig.model_fields["max_pending_documents"].default
     assert cfg.token_file == "/var/run/kubesky/token/token"
     assert cfg.metadata == {"facility": "x"}
 
