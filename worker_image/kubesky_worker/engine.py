@@ -328,6 +328,7 @@ class Engine:
             if paused:
                 self._ctl.put((action, reason))
                 return run
+            self.publisher.let_run_end()  # the RunEngine may be waiting for Kafka
             try:
                 if action == ControlAction.STOP:
                     RE.stop()

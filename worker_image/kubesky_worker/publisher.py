@@ -102,6 +102,7 @@ class Publisher:
         self._max_pending = kafka.max_pending_documents if kafka is not None else 0
         self._room = threading.Condition()
         self._blocked = False
+        self._overflow = False  # a stop/abort lets the run end past the bound
         self._stopped = threading.Event()
         self._backlog: deque[_Record] = deque()
         self._inflight = 0
@@ -137,12 +138,20 @@ class Publisher:
         if self._idle:
             self._idle = False
             self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
-        if self._max_pending and self.pending() > self._max_pending:
+        if self._max_pending and not self._overflow and self.pending() > self._max_pending:
             self._wait_for_room()
+
+    def let_run_end(self) -> None:
+        """A stop or abort was requested: release the RunEngine from back-pressure so that it can
+        act on it (its last documents go past the bound) until the run's `finish()`."""
+        with self._room:
+            self._overflow = True
+            self._room.notify_all()
 
     def _wait_for_room(self) -> None:
         """Back-pressure on the RunEngine thread: the backlog is full (Kafka down or slower than the
-        plan). Wait until it has drained to 90% of the bound; a pause or abort takes effect after."""
+        plan). Wait until it has drained to 90% of the bound; a pause takes effect after, a stop or
+        abort at once (`let_run_end`)."""
         low = self._max_pending * 9 // 10
         with self._room:
             if self.pending() <= self._max_pending:
@@ -155,7 +164,7 @@ class Publisher:
                 self.last_error or "Kafka slower than the plan",
             )
             t0 = time.monotonic()
-            while self.pending() > low and not self._stopping:
+            while self.pending() > low and not self._stopping and not self._overflow:
                 self._room.wait(1.0)
             self._blocked = False
             self.metrics.publish_blocked.set(0)
@@ -164,6 +173,7 @@ class Publisher:
     def finish(self, run: Run) -> concurrent.futures.Future[None]:
         """Future resolved when every document of `run` enqueued so far is acknowledged."""
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._overflow = False
         self._dq.append((run, None, fut, 0.0))
         self._idle = False
         if self._loop is not None and self._wake is not None and self._flush is not None:

@@ -104,5 +104,19 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
 
             after = _submit(c, 3)  # and the worker goes on
             assert _wait(c, after, lambda r: r["phase"] in TERMINAL, 60, w)["phase"] == "Succeeded"
+
+            # An abort while the RunEngine waits for Kafka takes effect at once; the run is
+            # reported Aborted once its documents, stop included, are delivered.
+            own_kafka.proc.stop(timeout=20)
+            aborted = _submit(c, 300)
+            _wait(c, aborted, lambda r: _gauge(c, "kubesky_worker_publish_blocked") == 1, 30, w)
+            r = c.post(f"/v1/runs/{aborted}/control", json={"action": "abort"})
+            assert r.status_code == 200, r.text
+            _wait(c, aborted, lambda r: _gauge(c, "kubesky_worker_publish_blocked") == 0, 10, w)
+            assert c.get(f"/v1/runs/{aborted}").json()["phase"] == "Running"  # not delivered yet
+            own_kafka.restart()
+            rec = _wait(c, aborted, lambda r: r["phase"] in TERMINAL, 90, w)
+            assert rec["phase"] == "Aborted" and rec["exitStatus"] == "abort", rec
+            assert rec["documents"]["stop"] == 1 and rec["documents"]["event"] < 300, rec
     finally:
         w.stop(timeout=10)
