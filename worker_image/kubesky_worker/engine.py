@@ -212,6 +212,7 @@ class Engine:
 
         RE = self.RE
         self._doc_run = run
+        self.publisher.run_starts()
         timer: threading.Timer | None = None
         if run.timeout_seconds:
             timer = threading.Timer(run.timeout_seconds, self._timeout, args=(run,))

@@ -141,9 +141,13 @@ class Publisher:
         if self._max_pending and not self._overflow and self.pending() > self._max_pending:
             self._wait_for_room()
 
+    def run_starts(self) -> None:
+        """A new run is held to the bound again (after a previous run's `let_run_end`)."""
+        self._overflow = False
+
     def let_run_end(self) -> None:
         """A stop or abort was requested: release the RunEngine from back-pressure so that it can
-        act on it (its last documents go past the bound) until the run's `finish()`."""
+        act on it (its last documents go past the bound) until the next run starts."""
         with self._room:
             self._overflow = True
             self._room.notify_all()
@@ -173,7 +177,6 @@ class Publisher:
     def finish(self, run: Run) -> concurrent.futures.Future[None]:
         """Future resolved when every document of `run` enqueued so far is acknowledged."""
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._overflow = False
         self._dq.append((run, None, fut, 0.0))
         self._idle = False
         if self._loop is not None and self._wake is not None and self._flush is not None:
