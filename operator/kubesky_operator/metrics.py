@@ -22,10 +22,12 @@ DISPATCH_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 WORKER_ERRORS = Counter(
-    "kubesky_worker_errors_total", "Failed calls to beamline workers.", ["namespace", "beamline"]
+    "kubesky_operator_worker_errors_total", "Failed calls to beamline workers.", ["namespace", "beamline"]
 )
 WORKER_BUSY = Counter(
-    "kubesky_worker_busy_total", "Dispatches a worker answered 409 busy (retried).", ["namespace", "beamline"]
+    "kubesky_operator_worker_busy_total",
+    "Dispatches a worker answered 409 busy (retried).",
+    ["namespace", "beamline"],
 )
 API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
 

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sequential:
             log(f"latency: {args.sequential} sequential runs on one beamline")
             results["latency"] = latency_phase(cp, kafka, root, args.sequential, workers)
-            results["latency"]["worker_busy_answers"] = op.metric("kubesky_worker_busy_total")
+            results["latency"]["worker_busy_answers"] = op.metric("kubesky_operator_worker_busy_total")
             results["latency"]["operator_dispatch_ms_mean"] = (
                 1000
                 * op.metric("kubesky_dispatch_latency_seconds_sum")
