@@ -9,6 +9,16 @@ app.kubernetes.io/name: kubesky-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Namespaces where beamline workers run, as a JSON list: the watched namespaces (or the release
+namespace when all are watched), those of chart-declared beamlines, networkPolicy.extraNamespaces. */}}
+{{- define "kubesky.workerNamespaces" -}}
+{{- $namespaces := list .Release.Namespace }}
+{{- if .Values.namespaces }}{{ $namespaces = .Values.namespaces }}{{ end }}
+{{- range .Values.beamlines }}{{ $namespaces = append $namespaces (.namespace | default $.Release.Namespace) }}{{ end }}
+{{- $namespaces = concat $namespaces (.Values.networkPolicy.extraNamespaces | default list) }}
+{{- $namespaces | uniq | toJson }}
+{{- end -}}
+
 {{/* Common labels. */}}
 {{- define "kubesky.labels" -}}
 app.kubernetes.io/name: kubesky

@@ -105,7 +105,14 @@ def values_schema() -> dict[str, Any]:
                             "interval": {"type": "string"},
                             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                         }
-                    )
+                    ),
+                    "podMonitor": _strict(
+                        {
+                            "enabled": {"type": "boolean"},
+                            "interval": {"type": "string"},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        }
+                    ),
                 }
             ),
             "networkPolicy": _strict(

@@ -37,12 +37,18 @@ spec:
 """
 
 
+POD_MONITOR_CRD = SERVICE_MONITOR_CRD.replace("servicemonitor", "podmonitor").replace(
+    "ServiceMonitor", "PodMonitor"
+)
+
+
 @pytest.fixture(scope="module")
 def chart_cluster(cluster, crds):
     for ns in ("kubesky-system", "beamlines", "lab"):
         cluster.kubectl("create", "namespace", ns, check=False)
-    cluster.kubectl("apply", "-f", "-", input=SERVICE_MONITOR_CRD)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    for crd, name in ((SERVICE_MONITOR_CRD, "servicemonitors"), (POD_MONITOR_CRD, "podmonitors")):
+        cluster.kubectl("apply", "-f", "-", input=crd)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com")
     return cluster
 
 
@@ -110,6 +116,7 @@ def test_full_values_render_everything(chart_cluster):
     docs = render(chart_cluster, "-f", str(FULL_VALUES))
     got = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
     assert ("ServiceMonitor", "kubesky-system", "kubesky-operator") in got
+    assert ("PodMonitor", "kubesky-system", "kubesky-workers") in got
     assert ("Role", "beamlines", "kubesky-operator") in got and ("Role", "lab", "kubesky-operator") in got
     assert ("NetworkPolicy", "beamlines", "kubesky-workers") in got
     assert ("Beamline", "beamlines", "i22") in got and ("ConfigMap", "beamlines", "i22-plans") in got

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from kubesky_operator import beamline_resources
+from kubesky_operator.api import BeamlineSpec
 from kubesky_operator.settings import OperatorSettings, load
 
 from tests.infra.services import REPO_ROOT, ControlPlane
@@ -105,6 +106,28 @@ def test_selectors_and_ports_wire_up(cluster, extra):
         }
         assert rule["ports"] == [{"protocol": "TCP", "port": settings.worker_port}]
 
+    # PodMonitor: selects the worker pods the operator creates, scrapes the port it names, in the
+    # namespaces the NetworkPolicies cover, and labels the series with the beamline.
+    pod_monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert bool(pod_monitors) == bool(extra)
+    for monitor in pod_monitors:
+        spec = monitor["spec"]
+        assert selects(spec["selector"]["matchLabels"], worker_pod_labels)
+        assert not selects(spec["selector"]["matchLabels"], pod_labels)
+        (worker_deployment,) = [
+            o
+            for o in beamline_resources.render_all(
+                "i22", "beamlines", "uid", BeamlineSpec(), image="i", port=8080
+            )
+            if o["kind"] == "Deployment"
+        ]
+        containers = worker_deployment["spec"]["template"]["spec"]["containers"]
+        worker_ports = {p["name"] for p in containers[0]["ports"]}
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["port"] in worker_ports and endpoint["path"] == "/metrics"
+        assert set(spec["podTargetLabels"]) <= set(worker_pod_labels)
+        assert set(spec["namespaceSelector"]["matchNames"]) == {p["metadata"]["namespace"] for p in policies}
+
 
 def test_worker_port_reaches_operator_and_policy(cluster):
     docs = render(cluster, "--set", "worker.port=9000", "--set", "worker.image.tag=2026.11")
@@ -130,6 +153,11 @@ def test_watched_namespaces(cluster):
     assert operator_settings(one(everywhere, "Deployment")).namespaces == []
     assert not [d for d in everywhere if d["kind"] in ("Role", "RoleBinding")]
     assert any("secrets" in r["resources"] for r in one(everywhere, "ClusterRole")["rules"])
+
+    (monitor,) = [
+        d for d in render(cluster, "--set", "metrics.podMonitor.enabled=true") if d["kind"] == "PodMonitor"
+    ]
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}  # all namespaces watched
 
     extra = render(cluster, "--set", "networkPolicy.extraNamespaces={bl-a,bl-b}")
     assert {d["metadata"]["namespace"] for d in extra if d["kind"] == "NetworkPolicy"} == {
