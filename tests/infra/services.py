@@ -426,11 +426,8 @@ class Kafka:
 
         wait_until("kafka broker", ready, 120, [self.proc])
 
-    def restart(self, down_seconds: float = 0.0) -> None:
-        """Stop the broker and start it again on the same ports with the same data (an outage)."""
-        if self.proc:
-            self.proc.stop(timeout=20)
-        time.sleep(down_seconds)
+    def start_again(self) -> None:
+        """After stop(): the broker again, on the same ports with the same data (an outage ends)."""
         self._launch()
 
     def log_tails(self, lines: int = 30) -> str:

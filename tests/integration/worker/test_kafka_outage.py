@@ -73,7 +73,7 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
             warm = _submit(c, 1)  # the producer is connected and the topic exists
             assert _wait(c, warm, lambda r: r["phase"] in TERMINAL, 60, w)["phase"] == "Succeeded"
 
-            own_kafka.proc.stop(timeout=20)  # the outage begins
+            own_kafka.stop()  # the outage begins
             run_id = _submit(c, 300)
             # the plan would emit its 303 documents in well under a second; none can be delivered
             time.sleep(3.0)
@@ -83,7 +83,7 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
             assert _gauge(c, "kubesky_worker_publish_blocked") == 1
             assert c.get("/v1/state").status_code == 200  # the API keeps serving
 
-            own_kafka.restart()
+            own_kafka.start_again()
             rec = _wait(c, run_id, lambda r: r["phase"] in TERMINAL, 90, w)
             assert rec["phase"] == "Succeeded", rec
             assert rec["documents"] == {"start": 1, "descriptor": 1, "event": 300, "stop": 1}, rec
@@ -107,14 +107,14 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
 
             # An abort while the RunEngine waits for Kafka takes effect at once; the run is
             # reported Aborted once its documents, stop included, are delivered.
-            own_kafka.proc.stop(timeout=20)
+            own_kafka.stop()
             aborted = _submit(c, 300)
             _wait(c, aborted, lambda r: _gauge(c, "kubesky_worker_publish_blocked") == 1, 30, w)
             r = c.post(f"/v1/runs/{aborted}/control", json={"action": "abort"})
             assert r.status_code == 200, r.text
             _wait(c, aborted, lambda r: _gauge(c, "kubesky_worker_publish_blocked") == 0, 10, w)
             assert c.get(f"/v1/runs/{aborted}").json()["phase"] == "Running"  # not delivered yet
-            own_kafka.restart()
+            own_kafka.start_again()
             rec = _wait(c, aborted, lambda r: r["phase"] in TERMINAL, 90, w)
             assert rec["phase"] == "Aborted" and rec["exitStatus"] == "abort", rec
             assert rec["documents"]["stop"] == 1 and rec["documents"]["event"] < 300, rec
