@@ -26,6 +26,7 @@ from .api import (
 from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
 from .kubeapi import ApiError, resource_path
 from .metrics import API_WRITES
+from .worker_objects import MissingSecret, ObjectNotApplied, apply_worker_objects
 from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class BeamlineMonitor:
         self._orphan: str | None = None
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resync_at = time.monotonic() + ctl.settings.worker_objects_resync_seconds
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -88,6 +90,9 @@ class BeamlineMonitor:
                 raise
             except Exception:
                 log.exception("beamline %s/%s: refresh failed", *self.key)
+            if time.monotonic() >= self._resync_at:
+                self._resync_at = time.monotonic() + self.ctl.settings.worker_objects_resync_seconds
+                await self._recreate_missing_worker_objects()
             interval = self.ctl.settings.beamline_refresh_seconds
             if not self.ready:
                 interval = min(interval, 1.0)  # notice a worker coming back quickly
@@ -96,6 +101,24 @@ class BeamlineMonitor:
             except TimeoutError:
                 pass
             self._poke.clear()
+
+    async def _recreate_missing_worker_objects(self) -> None:
+        """An in-cluster worker's objects deleted by hand come back (see `worker_objects`)."""
+        bl = self.ctl.store.beamlines.get(self.key)
+        if bl is None or bl.deleting or bl.spec_error or bl.spec.worker.endpoint:
+            return
+        try:
+            done = await apply_worker_objects(
+                self.ctl.api, self.ctl.settings, bl.name, bl.namespace, bl.uid, bl.spec, missing_only=True
+            )
+        except (MissingSecret, ObjectNotApplied, ApiError) as exc:
+            log.warning("beamline %s/%s: cannot restore its worker objects: %s", *self.key, exc)
+            return
+        if done:
+            log.info("beamline %s/%s: recreated %s", *self.key, ", ".join(done))
+            body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
+            self.ctl.events.record(body, "WorkerObjectsRestored", ", ".join(done), kind="Beamline")
+            self._token_at = 0.0  # a recreated token Secret holds a new token
 
     # Worker resolution ----------------------------------------------------------------------
 

@@ -34,6 +34,15 @@ class OperatorSettings(BaseModel):
         description="How long a worker's status write may lag its record before the operator copies it.",
     )
     beamline_refresh_seconds: float = Field(default=3.0, description="Period of the Beamline status refresh.")
+    worker_objects_resync_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "How often missing worker objects of an in-cluster Beamline are recreated: a Deployment, "
+            "Service, RBAC, config or token Secret deleted by hand comes back (deleting the token "
+            "Secret rotates the token)."
+        ),
+    )
     delete_abort_timeout_seconds: float = Field(
         default=15.0, description="How long a deleted active run may take to abort before its finalizer goes."
     )
@@ -72,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-image", help="default image of in-cluster workers")
     p.add_argument("--worker-lost-grace", type=float, dest="worker_lost_grace_seconds")
     p.add_argument("--beamline-refresh", type=float, dest="beamline_refresh_seconds")
+    p.add_argument("--worker-objects-resync", type=float, dest="worker_objects_resync_seconds")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level DEBUG")
     return p

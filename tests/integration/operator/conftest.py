@@ -30,9 +30,16 @@ def operator_kubeconfig(cluster, crds, tmp_path_factory) -> Path:
     return operator_identity(cluster, tmp_path_factory.mktemp("operator"))
 
 
+WORKER_OBJECTS_RESYNC = 2.0  # seconds; in-cluster worker objects deleted by a test come back soon
+
+
 @pytest.fixture(scope="session")
 def operator_process(operator_kubeconfig, tmp_path_factory) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator-proc"))
+    op = OperatorProcess(
+        operator_kubeconfig,
+        tmp_path_factory.mktemp("operator-proc"),
+        ["--worker-objects-resync", str(WORKER_OBJECTS_RESYNC)],
+    )
     op.start()
     try:
         yield op

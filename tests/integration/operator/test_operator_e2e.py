@@ -438,6 +438,25 @@ def test_in_cluster_beamline_objects(cluster, api, namespace, operator):
     assert "config.yaml" in objs["configmap"]["data"]
     assert objs["secret"]["data"]["token"]
 
+    # Deleted by hand, they come back (the operator re-applies its objects now and then); deleting
+    # the token Secret is how a worker's API token is rotated: the new one is a new random token.
+    cluster.kubectl("delete", "secret/insitu-worker-token", "service/insitu-worker", "-n", namespace)
+    again = {}
+    for kind in ("secret", "service"):
+
+        def back(kind=kind, obj_name=kinds[kind]):
+            p = cluster.kubectl("get", kind, obj_name, "-n", namespace, "-o", "json", check=False)
+            return json.loads(p.stdout) if p.returncode == 0 else None
+
+        again[kind] = wait_for(f"{kind} restored", back, 30)
+        assert again[kind]["metadata"]["uid"] != objs[kind]["metadata"]["uid"]
+    assert again["secret"]["data"]["token"] != objs["secret"]["data"]["token"]
+    restored = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "reason=WorkerObjectsRestored", "-o", "json"
+    ).stdout
+    messages = " ".join(e["message"] for e in json.loads(restored)["items"])
+    assert "Secret/insitu-worker-token" in messages and "Service/insitu-worker" in messages
+
     # No kubelet: the worker never answers; the Beamline says so.
     def progressing():
         b = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "insitu")
