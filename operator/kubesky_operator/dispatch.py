@@ -524,7 +524,12 @@ class BeamlineDispatcher:
         if client is not None:
             try:
                 record = await client.get_run(run.uid)
-            except (WorkerUnreachable, WorkerAuthError):
+            except WorkerAuthError:
+                # The worker answered: it is alive, its token is being rotated (the kubelet has not
+                # projected the new Secret yet). Not a lost worker: ask again later.
+                self._lost_since.pop(run.uid, None)
+                return
+            except WorkerUnreachable:
                 record = _LOST
         if record is _LOST or record is None:
             since = self._lost_since.setdefault(run.uid, now)

@@ -476,3 +476,36 @@ def test_in_cluster_beamline_objects(cluster, api, namespace, operator):
         60,
         0.5,
     )
+
+
+def test_token_rotation_mid_run_loses_nothing(cluster, api, namespace, operator, beamlines):
+    """The worker's token changes while a run is active and the operator learns the new one only
+    later (its Secret is updated after the worker's): the worker refuses the operator for longer
+    than the WorkerLost grace, but a worker that answers is not lost, and the run succeeds."""
+    bl = beamlines("rot")
+    name = new_name("rot")
+    kubectl_apply(cluster, namespace, planrun_manifest(name, "rot", "count", {**SLOW, "num": 300}))
+    wait_phase(api, namespace, name, "Running", timeout=30)
+    new_token = "rotated-" + bl.worker.token
+    bl.worker.token_file.write_text(new_token)  # the worker re-reads its token file
+    bl.worker.token = new_token
+
+    def refused():
+        st = (
+            api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "rot").get("status")
+            or {}
+        )
+        ready = next((c for c in st.get("conditions") or () if c["type"] == "WorkerReady"), {})
+        return ready.get("status") == "False" and "refused the token" in ready.get("message", "")
+
+    wait_for("the Beamline shows the worker refusing the operator's token", refused, 30)
+    time.sleep(8.0)  # longer than the WorkerLost grace (6 s)
+    assert get_pr(api, namespace, name)["status"]["phase"] == "Running"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rot-token"}}
+    kubectl_apply(cluster, namespace, {**secret, "stringData": {"token": new_token}})
+    done = wait_phase(api, namespace, name, {"Succeeded", "Failed"}, timeout=60)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    after = new_name("rot-after")
+    kubectl_apply(cluster, namespace, planrun_manifest(after, "rot", "count", quick(2)))
+    final = wait_phase(api, namespace, after, {"Succeeded", "Failed"}, timeout=60)
+    assert final["status"]["phase"] == "Succeeded"
