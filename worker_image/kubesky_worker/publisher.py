@@ -535,19 +535,20 @@ class Publisher:
             nbytes = 0
             while self._backlog and len(round_recs) < MAX_ROUND_RECORDS and nbytes < MAX_ROUND_BYTES:
                 rec = self._backlog.popleft()
+                self._inflight += 1  # counted as it moves, so pending() never dips below the truth
                 round_recs.append(rec)
                 nbytes += rec.size
-            self._inflight = len(round_recs)
+            acked: list[_Record] = []
+            retry = round_recs
             try:
                 acked, retry = await self._send_records(round_recs)
             except Exception as exc:
-                acked, retry = [], round_recs
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("Kafka send failed: %s", self.last_error)
             finally:
+                if retry:  # back in the backlog before they leave the in-flight count
+                    self._backlog.extendleft(reversed(retry))
                 self._inflight = 0
-            if retry:
-                self._backlog.extendleft(reversed(retry))
             for rec in acked:
                 if rec.tracker is not None:
                     touched.add(id(rec.tracker.run))
