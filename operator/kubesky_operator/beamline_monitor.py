@@ -114,6 +114,9 @@ class BeamlineMonitor:
         except (MissingSecret, ObjectNotApplied, ApiError) as exc:
             log.warning("beamline %s/%s: cannot restore its worker objects: %s", *self.key, exc)
             return
+        except Exception:  # the monitor must outlive anything the API does
+            log.exception("beamline %s/%s: restoring its worker objects failed", *self.key)
+            return
         if done:
             log.info("beamline %s/%s: recreated %s", *self.key, ", ".join(done))
             body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
