@@ -25,7 +25,7 @@ from .api import (
 )
 from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
 from .kubeapi import ApiError, resource_path
-from .metrics import API_WRITES
+from .metrics import API_WRITES, WORKER_ERRORS
 from .worker_objects import MissingSecret, ObjectNotApplied, apply_worker_objects
 from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
 
@@ -180,10 +180,12 @@ class BeamlineMonitor:
             self._abort_orphan(state)
             self._ever_ready = True
         except WorkerAuthError as exc:
+            WORKER_ERRORS.labels(*self.key).inc()
             self.ready = False
             self.error = f"the worker refused the token: {exc}"
             self._token_at = 0.0
         except (WorkerUnreachable, ValidationError) as exc:
+            WORKER_ERRORS.labels(*self.key).inc()
             self.ready = False
             self.error = f"worker unreachable at {endpoint}: {exc}"
         if self.ready and not was_ready:

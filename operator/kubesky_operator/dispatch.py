@@ -527,9 +527,11 @@ class BeamlineDispatcher:
             except WorkerAuthError:
                 # The worker answered: it is alive, its token is being rotated (the kubelet has not
                 # projected the new Secret yet). Not a lost worker: ask again later.
+                WORKER_ERRORS.labels(*self.key).inc()
                 self._lost_since.pop(run.uid, None)
                 return
             except WorkerUnreachable:
+                WORKER_ERRORS.labels(*self.key).inc()
                 record = _LOST
         if record is _LOST or record is None:
             since = self._lost_since.setdefault(run.uid, now)

@@ -22,7 +22,9 @@ DISPATCH_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 WORKER_ERRORS = Counter(
-    "kubesky_operator_worker_errors_total", "Failed calls to beamline workers.", ["namespace", "beamline"]
+    "kubesky_operator_worker_errors_total",
+    "Failed calls to beamline workers (dispatches and status polls).",
+    ["namespace", "beamline"],
 )
 WORKER_BUSY = Counter(
     "kubesky_operator_worker_busy_total",

@@ -499,6 +499,7 @@ def test_token_rotation_mid_run_loses_nothing(cluster, api, namespace, operator,
         return ready.get("status") == "False" and "refused the token" in ready.get("message", "")
 
     wait_for("the Beamline shows the worker refusing the operator's token", refused, 30)
+    assert operator.metric("kubesky_operator_worker_errors_total", {"beamline": "rot"}) > 0
     time.sleep(8.0)  # longer than the WorkerLost grace (6 s)
     assert get_pr(api, namespace, name)["status"]["phase"] == "Running"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rot-token"}}
