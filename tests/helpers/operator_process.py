@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from tests.helpers.metrics import sample_sum
 from tests.infra.services import REPO_ROOT, free_port
 
 OPERATOR_BIN = Path(sys.executable).parent / "kubesky-operator"
@@ -184,12 +185,4 @@ class OperatorProcess:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Sum of the samples of `name` (optionally matching labels) on the metrics endpoint."""
-        text = httpx.get(self.metrics_url, timeout=5).text
-        total = 0.0
-        for line in text.splitlines():
-            if not (line.startswith(name + "{") or line.startswith(name + " ")):
-                continue
-            if labels and not all(f'{k}="{v}"' in line for k, v in labels.items()):
-                continue
-            total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sample_sum(httpx.get(self.metrics_url, timeout=5).text, name, labels)

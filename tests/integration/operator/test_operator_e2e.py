@@ -13,6 +13,7 @@ from kubesky_operator.api import GROUP, VERSION
 from kubesky_operator.queue import FINALIZER
 
 from tests.helpers.kafka_docs import read_range, validate_documents
+from tests.helpers.metrics import sample_sum
 from tests.helpers.operator_process import OperatorProcess, operator_identity
 
 from .conftest import (
@@ -269,12 +270,7 @@ def test_operator_sigkill_mid_queue_loses_and_repeats_nothing(cluster, api, name
     assert {o["metadata"]["uid"] for o in list_prs(api, namespace)} == set(ids)
     assert all(len(r["runUids"]) == 1 for r in history)
     metrics = httpx.get(f"{bl.worker.url}/metrics", timeout=5).text
-    runs = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("kubesky_worker_runs_total")
-    )
-    assert runs == n
+    assert sample_sum(metrics, "kubesky_worker_runs_total") == n
 
 
 def test_worker_sigkill_mid_run_is_worker_lost_then_queue_continues(

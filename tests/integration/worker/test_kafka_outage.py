@@ -11,9 +11,9 @@ import uuid
 from collections import Counter
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.kafka_docs import check_run_order, read_range, validate_documents
+from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config
 from tests.infra.services import Kafka
 
@@ -31,10 +31,9 @@ def own_kafka(built, tmp_path):
 
 
 def _gauge(c, name: str) -> float:
-    for family in text_string_to_metric_families(c.get("/metrics").text):
-        if family.name == name:
-            return family.samples[0].value
-    raise AssertionError(f"no {name} metric")
+    text = c.get("/metrics").text
+    assert name in text, f"no {name} metric"
+    return sample_sum(text, name)
 
 
 def _pending(c) -> float:

@@ -20,6 +20,7 @@ from tests.helpers.kafka_docs import (
     read_range,
     validate_documents,
 )
+from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
 
 PLURAL = "planruns"
@@ -426,22 +427,19 @@ def test_phase_never_goes_backwards(worker, api, namespace):
 
 def _planrun_status_requests(cluster) -> Counter:
     """apiserver_request_total for planruns/status by verb, read from the apiserver's own metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    counts: Counter = Counter()
-    for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == "apiserver_request_total"
-                and labels.get("resource") == PLURAL
-                and labels.get("subresource") == "status"
-            ):
-                counts[labels["verb"]] += int(sample.value)
-    return counts
+    return Counter(
+        {
+            verb: int(
+                sample_sum(
+                    text,
+                    "apiserver_request_total",
+                    {"resource": PLURAL, "subresource": "status", "verb": verb},
+                )
+            )
+            for verb in ("GET", "PATCH")
+        }
+    )
 
 
 def test_status_writes_reuse_patch_responses(worker, api, namespace, cluster):
