@@ -179,9 +179,8 @@ class Publisher:
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._dq.append((run, None, fut, 0.0))
         self._idle = False
-        if self._loop is not None and self._wake is not None and self._flush is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
-            self._loop.call_soon_threadsafe(self._flush.set)
+        if self._loop is not None and self._flush is not None:
+            self._loop.call_soon_threadsafe(self._send_now)
         return fut
 
     def pending(self) -> int:
@@ -193,11 +192,16 @@ class Publisher:
         self._stopping = True
         with self._room:
             self._room.notify_all()
-        self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
-        self._loop.call_soon_threadsafe(self._flush.set)  # type: ignore[union-attr]
+        self._loop.call_soon_threadsafe(self._send_now)
         self._stopped.wait(timeout)
 
     # -- publisher thread ------------------------------------------------------------------------
+    def _send_now(self) -> None:
+        """Wake the loop and cut its linger short (a run ended, or the publisher stops)."""
+        assert self._wake is not None and self._flush is not None
+        self._wake.set()
+        self._flush.set()
+
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
