@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -79,6 +80,12 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     plan_rollout.register(registry, ctl, ctl.rollout)
 
 
+def own_identity() -> str:
+    """kopf's default identity asks the user database for the process's user, which a container
+    running as an arbitrary uid (the chart's 65532) does not have: getpwuid() raises KeyError."""
+    return os.environ.get("POD_NAME") or f"kubesky-operator@{socket.gethostname()}/{os.getpid()}"
+
+
 async def run(
     settings: OperatorSettings,
     *,
@@ -96,6 +103,7 @@ async def run(
         await kopf.operator(
             registry=registry,
             standalone=True,
+            identity=own_identity(),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=settings.liveness_endpoint,
