@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv lock infra crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra images crds crds-check lint test test-unit test-integration demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload clean
 
 all: test
@@ -30,6 +30,13 @@ lock: venv
 
 infra:
 	bash tests/infra/build.sh
+
+# The container images from the project's Dockerfiles, without a registry: a Debian-built Python
+# base, the pod sandbox (pause) image, the operator and worker; archives for containerd in
+# ~/.cache/kubesky/images (the last line of output lists them). Needs root.
+images: venv
+	bash tests/infra/host-packages.sh
+	bash tests/infra/images/build.sh
 
 crds: venv
 	$(PY) -m kubesky_operator.api.crd crds

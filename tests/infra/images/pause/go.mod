@@ -1,0 +1,3 @@
+module kubesky.io/tests/infra/images/pause
+
+go 1.22
