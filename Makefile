@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv lock infra images crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra host-packages images node-up node-down bench-node crds crds-check lint test test-unit test-integration demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload clean
 
 all: test
@@ -34,9 +34,21 @@ infra:
 # The container images from the project's Dockerfiles, without a registry: a Debian-built Python
 # base, the pod sandbox (pause) image, the operator and worker; archives for containerd in
 # ~/.cache/kubesky/images (the last line of output lists them). Needs root.
-images: venv
-	bash tests/infra/host-packages.sh
+images: venv host-packages
 	bash tests/infra/images/build.sh
+
+# The Debian packages of a real node (containerd, runc, CNI plugins, iptables, ipset) and of the
+# image builds (buildah, mmdebstrap). Needs root on Debian or a derivative; says why otherwise.
+host-packages:
+	bash tests/infra/host-packages.sh
+
+# A real single-node cluster here (containerd + kubelet + kube-proxy + CoreDNS + kube-router), the
+# chart installed with the images built here and the example beamline applied. Needs root.
+node-up: venv infra images
+	$(PY) -m tests.infra.node_dev up
+
+node-down: venv
+	$(PY) -m tests.infra.node_dev down
 
 crds: venv
 	$(PY) -m kubesky_operator.api.crd crds
@@ -46,8 +58,9 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: venv infra lint
-	$(PY) -m pytest -ra tests/unit tests/integration
+# The node tests (tests/node) run the images on a real kubelet: they need root on Linux.
+test: venv infra images lint
+	$(PY) -m pytest -ra tests/unit tests/integration tests/node
 
 test-unit: venv
 	$(PY) -m pytest -ra tests/unit
@@ -64,7 +77,7 @@ dev-up: venv infra
 dev-down: venv
 	$(PY) -m tests.infra.dev down
 
-bench: bench-worker bench-operator bench-reload
+bench: bench-worker bench-operator bench-reload bench-node
 
 bench-worker: venv infra
 	$(PY) tests/bench/bench_worker.py
@@ -74,6 +87,9 @@ bench-operator: venv infra
 
 bench-reload: venv infra
 	$(PY) tests/bench/bench_reload.py
+
+bench-node: venv infra images
+	$(PY) tests/bench/bench_node.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

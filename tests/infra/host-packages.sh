@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that a real Kubernetes node and the image builds need on this host:
-#   containerd runc containernetworking-plugins iptables conntrack   <- the node (kubelet's runtime)
+#   containerd runc containernetworking-plugins iptables ipset conntrack iproute2  <- the node
+#     (kubelet's runtime, kube-proxy, kube-router's NetworkPolicy)
 #   buildah debootstrap mmdebstrap ca-certificates                    <- tests/infra/images/build.sh
 # Extra package names given as arguments are installed too.
 # Idempotent: when every package is already installed it only asks dpkg (no apt-get update), so it
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 packages=(
-  containerd runc containernetworking-plugins iptables conntrack
+  containerd runc containernetworking-plugins iptables ipset conntrack iproute2
   buildah debootstrap mmdebstrap ca-certificates
   "$@"
 )

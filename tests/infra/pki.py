@@ -1,5 +1,6 @@
-"""Certificates and keys for the loopback control plane: a CA, the apiserver's serving cert,
-an admin client cert (group system:masters) and the service-account signing key pair."""
+"""Certificates and keys for the test control plane: a CA, the apiserver's serving cert, an admin
+client cert (group system:masters), the service-account signing key pair, and for a real node the
+kubelet's client cert (system:node:<name>) and the apiserver's client cert for the kubelet."""
 
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
     return builder.not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=7))
 
 
-def write_pki(directory: Path) -> dict[str, Path]:
-    """Write all the files the control plane needs into `directory` and return their paths."""
+def write_pki(
+    directory: Path, extra_ips: tuple[str, ...] = (), node_name: str = "kubesky-node"
+) -> dict[str, Path]:
+    """Write all the files the control plane needs into `directory` and return their paths.
+    `extra_ips`: more addresses the apiserver serves on (a node's pods reach it on the bridge)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {
         name: directory / name
@@ -54,6 +58,10 @@ def write_pki(directory: Path) -> dict[str, Path]:
             "admin.key",
             "sa.key",
             "sa.pub",
+            "kubelet.crt",
+            "kubelet.key",
+            "apiserver-kubelet-client.crt",
+            "apiserver-kubelet-client.key",
         )
     }
     ca_key = _key()
@@ -108,6 +116,7 @@ def write_pki(directory: Path) -> dict[str, Path]:
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                     ]
                 ),
                 critical=False,
@@ -118,9 +127,14 @@ def write_pki(directory: Path) -> dict[str, Path]:
     paths["apiserver.crt"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, paths["apiserver.key"])
 
-    admin_cert, admin_key = leaf("kubesky-admin", "system:masters", server=False)
-    paths["admin.crt"].write_bytes(admin_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(admin_key, paths["admin.key"])
+    for stem, cn, org in (
+        ("admin", "kubesky-admin", "system:masters"),
+        ("kubelet", f"system:node:{node_name}", "system:nodes"),  # the Node authorizer's identity
+        ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
+    ):
+        cert, key = leaf(cn, org, server=False)
+        paths[f"{stem}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, paths[f"{stem}.key"])
 
     sa_key = _key()
     _write_key(sa_key, paths["sa.key"])

@@ -122,15 +122,22 @@ def wait_until(what: str, check, timeout: float, procs: list[Proc]) -> float:
 
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver (RBAC) + kube-controller-manager on loopback."""
+    """etcd + kube-apiserver (RBAC) + kube-controller-manager on loopback.
+
+    With `node_name`, the control plane of a real node (tests/infra/node.py): the apiserver serves
+    on `host` (the node's bridge address, where pods reach it), authorizes the kubelet with the
+    Node authorizer, every controller runs, and kube-scheduler places pods."""
 
     workdir: Path
     bin_dir: Path
+    host: str = "127.0.0.1"
+    node_name: str | None = None
     procs: list[Proc] = field(default_factory=list)
     server: str = ""
     kubeconfig: Path = Path()
     ca_file: Path = Path()
     startup_seconds: float = 0.0
+    pki: dict[str, Path] = field(default_factory=dict)
 
     @property
     def kubectl_path(self) -> Path:
@@ -143,7 +150,10 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pki = write_pki(self.workdir / "pki")
+        pki = write_pki(
+            self.workdir / "pki", extra_ips=(self.host,), node_name=self.node_name or "kubesky-node"
+        )
+        self.pki = pki
         self.ca_file = pki["ca.crt"]
         etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
         logs = self.workdir / "logs"
@@ -175,14 +185,14 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={self.workdir / 'certs'}",
                 f"--tls-cert-file={pki['apiserver.crt']}",
                 f"--tls-private-key-file={pki['apiserver.key']}",
                 f"--client-ca-file={pki['ca.crt']}",
-                "--authorization-mode=RBAC",
+                *self._node_apiserver_flags(),
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={pki['sa.pub']}",
                 f"--service-account-signing-key-file={pki['sa.key']}",
@@ -195,7 +205,7 @@ class ControlPlane:
             logs / "kube-apiserver.log",
         )
         self.procs.append(apiserver)
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{self.host}:{api_port}"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self._write_kubeconfig(
             self.kubeconfig,
@@ -214,7 +224,10 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-controller-manager"),
                 f"--kubeconfig={self.kubeconfig}",
-                "--controllers=garbagecollector,namespace",
+                # Without a node only these two matter; with one, Deployments must really roll out.
+                "--controllers=*,-nodeipam" if self.node_name else "--controllers=garbagecollector,namespace",
+                f"--root-ca-file={pki['ca.crt']}",
+                f"--service-account-private-key-file={pki['sa.key']}",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
@@ -223,11 +236,38 @@ class ControlPlane:
             logs / "kube-controller-manager.log",
         )
         self.procs.append(controllers)
+        if self.node_name:
+            scheduler = spawn(
+                "kube-scheduler",
+                [
+                    str(self.bin_dir / "kube-scheduler"),
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--authentication-kubeconfig={self.kubeconfig}",
+                    f"--authorization-kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                    "--v=1",
+                ],
+                logs / "kube-scheduler.log",
+            )
+            self.procs.append(scheduler)
         self.startup_seconds = time.monotonic() - t0
         log(
             f"control plane ready at {self.server} in {self.startup_seconds:.1f} s (kubeconfig {self.kubeconfig})"
         )
         return self
+
+    def _node_apiserver_flags(self) -> list[str]:
+        if not self.node_name:
+            return ["--authorization-mode=RBAC"]
+        return [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--kubelet-preferred-address-types=InternalIP",  # the node's name resolves nowhere
+            f"--kubelet-client-certificate={self.pki['apiserver-kubelet-client.crt']}",
+            f"--kubelet-client-key={self.pki['apiserver-kubelet-client.key']}",
+        ]
 
     def _write_kubeconfig(self, path: Path, user: dict[str, str]) -> Path:
         import yaml
@@ -327,6 +367,7 @@ class Kafka:
 
     workdir: Path
     kafka_dir: Path
+    host: str = "127.0.0.1"  # a node's pods reach the broker on the bridge address
     proc: Proc | None = None
     bootstrap: str = ""
     startup_seconds: float = 0.0
@@ -351,8 +392,8 @@ class Kafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker}",
+                    f"listeners=PLAINTEXT://{self.host}:{broker},CONTROLLER://127.0.0.1:{controller}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{broker}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -404,20 +445,20 @@ class Kafka:
         if fmt.returncode != 0:
             raise ServiceError(f"kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}")
         self._command = [java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)]
-        self.bootstrap = f"127.0.0.1:{broker}"
+        self.bootstrap = f"{self.host}:{broker}"
         self._launch()
         self.startup_seconds = time.monotonic() - t0
         log(f"kafka ready at {self.bootstrap} in {self.startup_seconds:.1f} s")
         return self
 
     def _launch(self) -> None:
-        port = int(self.bootstrap.rsplit(":", 1)[1])
+        host, port = self.bootstrap.rsplit(":", 1)
         log_path = self.workdir / "kafka.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
         self.proc = spawn("kafka", self._command, log_path)
 
         def ready() -> bool:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection((host, int(port)), timeout=1):
                 pass
             with open(log_path, errors="replace") as f:
                 f.seek(offset)

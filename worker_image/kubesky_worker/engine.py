@@ -35,6 +35,11 @@ from .status import StatusWriter
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN = "WorkerShutdown"  # the abort reason of a run the worker ends because it is stopping
+SHUTDOWN_MESSAGE = (
+    "the worker shut down mid-run (its pod was deleted, evicted or replaced): the run was aborted"
+)
+
 
 class Busy(Exception):
     pass
@@ -110,7 +115,7 @@ class Engine:
             run = self._current
         if run is not None and not run.terminal:
             try:
-                self.control(run.id, ControlAction.ABORT, reason="worker shutting down")
+                self.control(run.id, ControlAction.ABORT, reason=SHUTDOWN)
             except Exception:
                 pass
         self._cmds.put(None)
@@ -286,6 +291,9 @@ class Engine:
         if run.requested == ControlAction.ABORT:
             if run.requested_reason == "Timeout":
                 return Phase.ABORTED, "Timeout", f"aborted after timeoutSeconds={run.timeout_seconds}"
+            if run.requested_reason == SHUTDOWN:
+                # Nobody asked for this abort: the run lost its worker, as if it had been killed.
+                return Phase.FAILED, "WorkerLost", SHUTDOWN_MESSAGE
             return Phase.ABORTED, "AbortRequested", run.requested_reason or "aborted on request"
         if error is not None:
             return Phase.FAILED, "PlanFailed", summarize_exception(error)

@@ -1,6 +1,6 @@
-"""The images' Dockerfiles (no Docker engine here to build them): multi-stage, pinned base
-images, non-root at run time, installing the locked, tested versions of files that exist, and
-agreeing with the Deployments that run them (user, config path, ports)."""
+"""The images' Dockerfiles, read as text (the node tests build and run them): multi-stage, a
+pinned default base image, non-root at run time, installing the locked, tested versions of files
+that exist, and agreeing with the Deployments that run them (user, config path, ports)."""
 
 from __future__ import annotations
 
@@ -65,9 +65,12 @@ def pinned(lock: Path) -> dict[str, str]:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_dockerfile_hardened_and_pinned(dockerfile: Path):
     ins = instructions(dockerfile)
+    args = dict(rest.split("=", 1) for op, rest in ins if op == "ARG" and "=" in rest)
+    # Both stages FROM one base: the public image by default, a local base as a build argument.
     froms = [rest.split()[0] for op, rest in ins if op == "FROM"]
     assert len(froms) >= 2, "multi-stage: build tools stay out of the run-time image"
-    for image in froms:
+    assert set(froms) == {"${BASE_IMAGE}"}, froms
+    for image in [args["BASE_IMAGE"]]:
         assert ":" in image and not image.endswith(":latest"), image
         assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", image), f"{image}: pin python:3.11.<patch>-slim"
     assert user_id(dockerfile) != 0
