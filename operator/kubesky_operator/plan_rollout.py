@@ -113,30 +113,39 @@ class PlanRollout:
             await self._nudge_pods(bl, expected)
         log.info("beamline %s/%s: rolling out plan set %s", *key, expected[:12])
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ROLLOUT_TIMEOUT
-        delay = 0.1
+        start = loop.time()
+        deadline = start + ROLLOUT_TIMEOUT
+        # The worker reloads by itself when the kubelet swaps the volume (within about half a
+        # second of the nudge), so the cheap GET /v1/state is polled every 0.1 s for the first
+        # seconds; POST /v1/reload (a re-import) is sent at once and then with a backoff, in case
+        # the worker missed the swap.
+        next_reload, reload_gap = start, 0.5
         while loop.time() < deadline:
             monitor = self.ctl.monitors.get(key)
             client = monitor.client if monitor is not None else None
             if client is not None:
                 try:
-                    reply = await client.reload()
-                    if reply.plan_set_hash == expected:
+                    if loop.time() >= next_reload:
+                        reply = await client.reload()
+                        next_reload, reload_gap = loop.time() + reload_gap, min(reload_gap * 2, 4.0)
+                        served, errors, pending = reply.plan_set_hash, reply.load_errors, reply.deferred
+                    else:
+                        state = await client.state()
+                        served, errors, pending = state.plan_set_hash, state.load_errors, state.reload_pending
+                    if served == expected:
                         self._done(key, bl, expected)
                         return
-                    if reply.load_errors and not reply.deferred:
-                        state = await client.state()
-                        if not state.reload_pending:
-                            # The new sources are served to the worker but do not load: the previous
-                            # plans keep serving and the Beamline's PlansLoaded condition says why.
+                    if errors and not pending and not (await client.state()).reload_pending:
+                        # The new sources are served to the worker but do not load: the previous
+                        # plans keep serving and the Beamline's PlansLoaded condition says why.
+                        if self.failed.get(key) != expected:
                             monitor.poke()
-                            if self.failed.get(key) != expected:
-                                self.failed[key] = expected
-                                self.ctl.wake(key)  # PlanRuns waiting for these plans: stop waiting
+                            self.failed[key] = expected
+                            self.ctl.wake(key)  # PlanRuns waiting for these plans: stop waiting
                 except (WorkerUnreachable, WorkerAuthError) as exc:
                     log.debug("beamline %s/%s: reload not possible yet: %s", *key, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            elapsed = loop.time() - start
+            await asyncio.sleep(0.1 if elapsed < 5 else min(elapsed / 10, 2.0))
         log.warning("beamline %s/%s: worker does not serve plan set %s yet", *key, expected[:12])
 
     def _done(self, key: BeamlineKey, bl: BeamlineView, expected: str) -> None:

@@ -504,6 +504,10 @@ class Node:
         )
         for mount in ours:
             sh("umount", "-l", mount, check=False)
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+        # libcni's cache of our attachments (the network is named "kubesky").
+        for result in Path("/var/lib/cni/results").glob("kubesky-*"):
+            result.unlink(missing_ok=True)
 
 
 KAFKA_SERVICE = """\
