@@ -14,15 +14,18 @@ or iptables rules of ours. Needs root on Linux (`preflight()` says so when it is
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -50,6 +53,8 @@ RUN_DIR = Path("/run/kubesky-node")  # containerd's socket and state: short path
 # Images survive between sessions (an unchanged image is not imported again); containers do not.
 CONTAINERD_ROOT = CACHE / "node" / "containerd"
 GUARD_CHAIN = "KUBESKY-NODE-GUARD"
+LOCK_FILE = Path("/run/kubesky-node.lock")
+PIDS_FILE = Path("/run/kubesky-node.pids")  # the processes of the running node, for reap_leftovers()
 HOST_PACKAGES = REPO_ROOT / "tests" / "infra" / "host-packages.sh"
 IMAGES_SCRIPT = REPO_ROOT / "tests" / "infra" / "images" / "build.sh"
 NEEDED_COMMANDS = (
@@ -105,6 +110,28 @@ def build_images() -> dict[str, dict[str, str]]:
         raise ServiceError(f"{IMAGES_SCRIPT.relative_to(REPO_ROOT)} failed with exit code {proc.returncode}")
     index = CACHE / "images" / "images.json"
     return json.loads(index.read_text())
+
+
+def reap_leftovers() -> None:
+    """A node whose owner was killed (a CI time-out, kill -9) leaves its processes running: end
+    them (each in its own process group) before a new node takes the bridge, routes and ports.
+    Pods it left are killed by the next containerd (same state), its rules by the next teardown."""
+    try:
+        recorded = [line.split(" ", 1) for line in PIDS_FILE.read_text().splitlines() if line]
+    except OSError:
+        return
+    for pid, argv0 in recorded:
+        try:
+            running = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except OSError:
+            continue
+        if running == argv0:
+            log(f"ending pid {pid} ({argv0}) left by an earlier node")
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    PIDS_FILE.unlink(missing_ok=True)
 
 
 @dataclass
@@ -549,18 +576,26 @@ class NodeCluster:
     images: dict[str, dict[str, str]] = field(default_factory=dict)
     install_seconds: float = 0.0  # helm install -> operator Ready (set by whoever installs)
     beamline_ready_seconds: float = 0.0  # kubectl apply -k examples/ -> Beamline Ready
+    _lock_file: IO[str] | None = None
 
     def start(self) -> NodeCluster:
         preflight()
+        self._lock()
+        reap_leftovers()
         self.images = build_images()
         t0 = time.monotonic()
         self.network.up()
         try:
             self.control_plane = ControlPlane(
                 self.workdir / "cluster", self.bin_dir, host=GATEWAY, node_name=NODE_NAME
-            ).start()
-            self.kafka = Kafka(self.workdir / "kafka", self.kafka_dir, host=GATEWAY).start()
-            self.node = Node(self.workdir / "node", self.control_plane, self.bin_dir, self.images).start()
+            )
+            self.kafka = Kafka(self.workdir / "kafka", self.kafka_dir, host=GATEWAY)
+            self.node = Node(self.workdir / "node", self.control_plane, self.bin_dir, self.images)
+            for part in (self.control_plane, self.kafka, self.node):
+                try:
+                    part.start()
+                finally:
+                    self._record_pids()
             port = int(self.kafka.bootstrap.rsplit(":", 1)[1])
             self.control_plane.kubectl(
                 "apply", "-f", "-", input=KAFKA_SERVICE % {"port": port, "host": GATEWAY}
@@ -570,6 +605,29 @@ class NodeCluster:
             raise
         log(f"real cluster up in {time.monotonic() - t0:.1f} s (kubeconfig {self.control_plane.kubeconfig})")
         return self
+
+    def _lock(self) -> None:
+        """One node per machine: a second would take over the bridge, the routes and the rules."""
+        self._lock_file = open(LOCK_FILE, "a+")  # held until stop()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise ServiceError(
+                f"a kubesky node is already running on this machine ({holder}): only one can; "
+                "stop it first (`make node-down` if it is the one `make node-up` started)"
+            ) from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"pid {os.getpid()}, work dir {self.workdir}\n")
+        self._lock_file.flush()
+
+    def _record_pids(self) -> None:
+        procs = [*self.cp.procs, *(self.node.procs if self.node else [])]
+        if self.kafka and self.kafka.proc:
+            procs.append(self.kafka.proc)
+        PIDS_FILE.write_text("".join(f"{p.popen.pid} {p.popen.args[0]}\n" for p in procs))
 
     def image(self, name: str) -> tuple[str, str]:
         repository, tag = self.images[name]["ref"].rsplit(":", 1)
@@ -639,3 +697,7 @@ class NodeCluster:
         if self.control_plane:
             self.control_plane.stop()
         self.network.down()
+        PIDS_FILE.unlink(missing_ok=True)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
