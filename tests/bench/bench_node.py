@@ -25,10 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.infra.node import NodeCluster  # noqa: E402
+from tests.infra.node import LAB, RELEASE_NS, NodeCluster  # noqa: E402
 from tests.infra.services import build  # noqa: E402
 
-RELEASE_NS, LAB = "kubesky-system", "lab"
 ROLLOUTS, RESTARTS, RUNS = 20, 5, 20
 # Rollouts GAP seconds apart, as people roll out plans; back to back (the next apply as soon as the
 # last is served) the kubelet swaps the volume later, about 0.9 s after the apply instead of 0.4 s.

@@ -44,6 +44,8 @@ from .services import (
 )
 
 NODE_NAME = "kubesky-node"
+RELEASE_NS = "kubesky-system"  # where the node tests, node-up and bench-node install the chart
+LAB = "lab"  # and where they apply examples/
 BRIDGE = "kubesky0"
 POD_CIDR = "10.88.0.0/24"
 GATEWAY = "10.88.0.1"
@@ -220,7 +222,7 @@ class Node:
         logs = self.workdir / "logs"
         self._start_containerd(logs)
         self._import_images()
-        kubeconfig = self._kubelet_kubeconfig()
+        kubeconfig = self.control_plane.cert_kubeconfig("kubelet", self.workdir / "kubelet.kubeconfig")
         kubelet = spawn(
             "kubelet",
             [
@@ -376,37 +378,6 @@ class Node:
             self.ctr("images", "import", "--no-unpack=false", image["archive"])
             stamp_file.write_text(stamp)
             log(f"image {image['ref']} imported into containerd in {time.monotonic() - t0:.1f} s ({name})")
-
-    def _kubelet_kubeconfig(self) -> Path:
-        pki = self.control_plane.pki
-        path = self.workdir / "kubelet.kubeconfig"
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "c",
-                    "cluster": {
-                        "server": self.control_plane.server,
-                        "certificate-authority": str(pki["ca.crt"]),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "u",
-                    "user": {
-                        "client-certificate": str(pki["kubelet.crt"]),
-                        "client-key": str(pki["kubelet.key"]),
-                    },
-                }
-            ],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "c",
-        }
-        path.write_text(yaml.safe_dump(doc))
-        path.chmod(0o600)
-        return path
 
     def _kubelet_config(self) -> Path:
         resolv = self.workdir / "resolv.conf"

@@ -16,14 +16,12 @@ import sys
 import threading
 import time
 
-from .node import NodeCluster, preflight
+from .node import LAB, RELEASE_NS, NodeCluster, preflight
 from .services import CACHE, REPO_ROOT, ServiceError, build, log, tail
 
 DEV_DIR = CACHE / "node-dev"
 STATE = DEV_DIR / "state.json"
 KEEPER_LOG = DEV_DIR / "keeper.log"
-RELEASE_NS = "kubesky-system"
-LAB = "lab"
 
 
 def _alive(pid: int) -> bool:

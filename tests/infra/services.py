@@ -206,11 +206,7 @@ class ControlPlane:
         )
         self.procs.append(apiserver)
         self.server = f"https://{self.host}:{api_port}"
-        self.kubeconfig = self.workdir / "admin.kubeconfig"
-        self._write_kubeconfig(
-            self.kubeconfig,
-            {"client-certificate": str(pki["admin.crt"]), "client-key": str(pki["admin.key"])},
-        )
+        self.kubeconfig = self.cert_kubeconfig("admin", self.workdir / "admin.kubeconfig")
         ctx = ssl.create_default_context(cafile=str(pki["ca.crt"]))
         ctx.load_cert_chain(str(pki["admin.crt"]), str(pki["admin.key"]))
 
@@ -288,6 +284,14 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(doc))
         path.chmod(0o600)
         return path
+
+    def cert_kubeconfig(self, stem: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with the client certificate `stem` of its PKI
+        (admin; the kubelet's, system:node:<name>)."""
+        return self._write_kubeconfig(
+            path,
+            {"client-certificate": str(self.pki[f"{stem}.crt"]), "client-key": str(self.pki[f"{stem}.key"])},
+        )
 
     def token_kubeconfig(self, token: str, path: Path) -> Path:
         """A kubeconfig that authenticates with a bearer token (e.g. a ServiceAccount's)."""

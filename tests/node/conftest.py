@@ -4,18 +4,14 @@ and the chart installed on it with the images built here, as a user installs it.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _started
-from tests.infra.node import NodeCluster
-from tests.infra.services import ControlPlane
-
-RELEASE_NS = "kubesky-system"
-LAB = "lab"  # where the example beamline runs
+from tests.infra.node import LAB, RELEASE_NS, NodeCluster
+from tests.infra.services import ControlPlane, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +27,9 @@ def node_cluster(built, services_root: Path) -> Iterator[NodeCluster]:
         _started.remove(nc)
 
 
-def wait_for(what: str, check, timeout: float, nc: NodeCluster, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+def wait_for(what: str, check: Callable[[], bool], timeout: float, nc: NodeCluster) -> None:
+    """Poll `check` until true; fails at once, with its log, if a process of the cluster dies."""
+    wait_until(what, check, timeout, [*nc.cp.procs, *(nc.node.procs if nc.node else [])])
 
 
 def get_json(cp: ControlPlane, *args: str) -> dict:

@@ -15,10 +15,10 @@ import yaml
 from kubesky_operator.beamline_resources import worker_name
 
 from tests.helpers.kafka_docs import KafkaDoc, check_run_order, read_range, validate_documents
-from tests.infra.node import NodeCluster
+from tests.infra.node import LAB, RELEASE_NS, NodeCluster
 from tests.infra.services import REPO_ROOT, ControlPlane
 
-from .conftest import LAB, RELEASE_NS, get_json, wait_for
+from .conftest import get_json, wait_for
 
 TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted", "Rejected", "Cancelled"}
 EXAMPLE_RUNS = ("count-det", "scan-x", "line-scan-x")

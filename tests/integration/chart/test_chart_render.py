@@ -53,7 +53,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def operator_settings(deployment: Doc) -> OperatorSettings:
     """The settings the operator process would start with, from the rendered args and env."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    # The pod's own name is the operator's kopf identity (the kubelet fills it in).
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
     return load(container["args"], environ=env)
 
 
