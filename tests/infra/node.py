@@ -52,6 +52,8 @@ GATEWAY = "10.88.0.1"
 SERVICE_CIDR = "10.0.0.0/24"  # ControlPlane's --service-cluster-ip-range
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 RUN_DIR = Path("/run/kubesky-node")  # containerd's socket and state: short paths, gone at reboot
+# One place, as on any node: the teardown after a killed run finds the volumes its pods left.
+KUBELET_ROOT = Path("/var/lib/kubesky-node/kubelet")
 # Images survive between sessions (an unchanged image is not imported again); containers do not.
 CONTAINERD_ROOT = CACHE / "node" / "containerd"
 GUARD_CHAIN = "KUBESKY-NODE-GUARD"
@@ -318,7 +320,7 @@ class Node:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.workdir / "kubelet"
+        return KUBELET_ROOT
 
     def _start_containerd(self, logs: Path) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -503,6 +505,9 @@ class Node:
         for mount in ours:
             sh("umount", "-l", mount, check=False)
         shutil.rmtree(RUN_DIR, ignore_errors=True)
+        still = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        if not any(m.startswith(str(KUBELET_ROOT)) for m in still):  # never delete into a mount
+            shutil.rmtree(KUBELET_ROOT.parent, ignore_errors=True)
         # libcni's cache of our attachments (the network is named "kubesky").
         for result in Path("/var/lib/cni/results").glob("kubesky-*"):
             result.unlink(missing_ok=True)
