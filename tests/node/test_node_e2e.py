@@ -166,6 +166,16 @@ def test_examples_run_in_cluster(examples: NodeCluster) -> None:
         starts = [d.doc for d in docs if d.name == "start"]
         assert [s["uid"] for s in starts] == run["status"]["runUids"]
         assert {d.headers["planrun.uid"] for d in docs} == {run["metadata"]["uid"].encode()}
+    # The Beamline's status follows: nothing queued, nothing current once all have finished.
+    wait_for(
+        "Beamline sim with an empty queue",
+        lambda: (
+            not get_json(cp, "beamline", "sim", "-n", LAB)["status"].get("queueLength")
+            and not get_json(cp, "beamline", "sim", "-n", LAB)["status"].get("currentRun")
+        ),
+        15,
+        examples,
+    )
 
 
 def test_plan_rollout_through_the_kubelet(examples: NodeCluster) -> None:
