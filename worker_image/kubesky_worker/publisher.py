@@ -353,7 +353,8 @@ class Publisher:
             if tr is not None:
                 tr.new_uids.append(uid)
                 num = doc.get("num_points")
-                if isinstance(num, int):
+                # A plan may put anything there (count with num=-1 gives -1): no total beats a bad one.
+                if isinstance(num, int) and not isinstance(num, bool) and num >= 0:
                     tr.new_total += num
                     tr.has_total = True
             return key

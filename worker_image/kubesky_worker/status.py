@@ -164,7 +164,11 @@ class StatusWriter:
                     self._cond.wait(timeout=wait)
                     continue
             for e in due:
-                self._write(e)
+                try:
+                    self._write(e)
+                except Exception as exc:  # one run's bad record must never stop the reporting of others
+                    log.exception("status of run %s not written", e.run.id)
+                    self._failed(e, f"{type(exc).__name__}: {exc}")
             with self._cond:
                 for rid in [
                     rid
@@ -178,8 +182,8 @@ class StatusWriter:
 
         run = e.run
         version = run.version
-        record = run.record()
         try:
+            record = run.record()
             api = self._client()
             if record.phase != e.written_phase:
                 self._write_phase(api, e, record)

@@ -455,3 +455,23 @@ def test_status_writes_reuse_patch_responses(worker, api, namespace, cluster):
     writes = after["PATCH"] - before["PATCH"]
     assert writes >= 2, (before, after)  # Running, then Succeeded (and perhaps progress)
     assert after["GET"] - before["GET"] == 1, (before, after)
+
+
+def test_out_of_range_num_points_keeps_status_reporting(worker, api, namespace, kafka, topic):
+    """A count with a negative num puts num_points -1 in its start document: the run's progress has
+    no total (rather than an invalid one) and the status path keeps reporting this run and the next
+    (it used to die on the invalid progress: no more status writes, GET /v1/runs answering 500)."""
+    pr = create_planrun(api, namespace, "count", {"detectors": ["fast_det"], "num": -1})
+    assert dispatch(worker, pr).status_code == 202
+    rec = wait_record(worker, pr["metadata"]["uid"], terminal)
+    assert rec["phase"] == "Succeeded", rec
+    assert (rec.get("progress") or {}).get("total") is None, rec.get("progress")
+    status = wait_status(api, pr, lambda s: s.get("phase") == "Succeeded")
+    assert status["runUids"] == rec["runUids"]
+    listed = httpx.get(f"{worker.url}/v1/runs", headers=worker.headers, timeout=30)
+    assert listed.status_code == 200, listed.text
+    pr2 = create_planrun(api, namespace, "count", {"detectors": ["det"], "num": 20, "delay": 0.05})
+    assert dispatch(worker, pr2).status_code == 202
+    running = wait_status(api, pr2, lambda s: s.get("phase") == "Running" and s.get("progress"))
+    assert running["progress"]["total"] == 20
+    assert wait_status(api, pr2, lambda s: s.get("phase") == "Succeeded")["progress"]["done"] == 20
