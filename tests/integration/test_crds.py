@@ -49,6 +49,18 @@ BAD_SPECS = [
     ("unknown-field", "beamline: sim\nplan: count\nrepeat: 3\n", 'unknown field "spec.repeat"'),
     ("params-not-object", "beamline: sim\nplan: count\nparams: [1, 2]\n", "spec.params: Invalid value"),
     ("bad-timeout", "beamline: sim\nplan: count\ntimeoutSeconds: 0\n", "spec.timeoutSeconds: Invalid value"),
+    # Beamline names that no Beamline can have: they used to sit Pending for ever.
+    ("beamline-path", "beamline: demo/sim\nplan: count\n", "spec.beamline: Invalid value"),
+    ("beamline-upper", "beamline: Sim\nplan: count\n", "spec.beamline: Invalid value"),
+    ("beamline-blank", "beamline: ' '\nplan: count\n", "spec.beamline: Invalid value"),
+    # Start-document keys the RunEngine sets: they used to fail every run at run time.
+    ("metadata-uid", "beamline: sim\nplan: count\nmetadata: {uid: x}\n", "spec.metadata: Invalid value"),
+    ("metadata-time", "beamline: sim\nplan: count\nmetadata: {time: 1}\n", "the RunEngine sets them"),
+    (
+        "metadata-time-text",
+        "beamline: sim\nplan: count\nmetadata: {time: now}\n",
+        "spec.metadata.time: Invalid value",
+    ),
 ]
 
 
@@ -119,6 +131,19 @@ def test_defaults(cluster, crds, namespace):
         "priority": 0,
         "state": "Run",
     }
+
+
+def test_beamline_metadata_refuses_reserved_start_keys(cluster, crds, namespace):
+    bad = """
+apiVersion: kubesky.io/v1alpha1
+kind: Beamline
+metadata: {name: reserved}
+spec:
+  metadata: {facility: x, uid: mine}
+"""
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=bad, check=False)
+    assert out.returncode != 0 and "spec.metadata: Invalid value" in out.stderr, out.stderr
+    assert "the RunEngine sets them" in out.stderr
 
 
 def test_beamline_endpoint_requires_token(cluster, crds, namespace):

@@ -173,6 +173,22 @@ def _immutable(node: dict[str, Any], field: str) -> None:
     node["x-kubernetes-validations"] = [{"rule": "self == oldSelf", "message": f"{field} is immutable"}]
 
 
+def _refuse_reserved_start_keys(metadata: dict[str, Any]) -> None:
+    """Metadata for start documents may not carry the keys the RunEngine sets. CEL sees only typed,
+    declared fields of a free-form object, so they are declared (a value of another type is then
+    refused by its type, a value of the right type by the rule)."""
+    metadata["properties"] = {
+        k: {"type": t, "description": "Set by the RunEngine: refused here."}
+        for k, t in planrun.RESERVED_START_KEYS.items()
+    }
+    metadata.setdefault("x-kubernetes-validations", []).append(
+        {
+            "rule": " && ".join(f"!has(self.{k})" for k in planrun.RESERVED_START_KEYS),
+            "message": f"must not set {', '.join(planrun.RESERVED_START_KEYS)}: the RunEngine sets them",
+        }
+    )
+
+
 def planrun_crd() -> dict[str, Any]:
     spec = schema_of(PlanRunSpec)
     # The run's identity is fixed at creation; only state (and priority while queued) may change.
@@ -181,6 +197,7 @@ def planrun_crd() -> dict[str, Any]:
     # Defaulted so the transition rule always sees both sides: a rule on an absent field never runs.
     for field in ("params", "metadata"):
         spec["properties"][field]["default"] = {}
+    _refuse_reserved_start_keys(spec["properties"]["metadata"])
     return _crd(
         kind=planrun.KIND,
         plural=planrun.PLURAL,
@@ -203,6 +220,7 @@ def planrun_crd() -> dict[str, Any]:
 
 def beamline_crd() -> dict[str, Any]:
     spec = schema_of(BeamlineSpec)
+    _refuse_reserved_start_keys(spec["properties"]["metadata"])
     spec["properties"]["worker"]["x-kubernetes-validations"] = [
         {
             "rule": "!has(self.endpoint) || has(self.tokenSecretRef)",

@@ -68,13 +68,23 @@ def may_transition(old: Phase | str | None, new: Phase | str) -> bool:
     return phase_rank(new) >= phase_rank(old)
 
 
+# Start-document keys the RunEngine sets itself (with their types): metadata carrying them fails
+# every run it opens.
+RESERVED_START_KEYS = {"uid": "string", "time": "number"}
+
+
 class PlanRunSpec(ApiModel):
     """What to run: a plan of a beamline with its parameters."""
 
     beamline: str = Field(
         min_length=1,
         max_length=253,
-        description="Name of the Beamline, in the same namespace, whose worker runs this plan.",
+        # A Beamline's name is a Kubernetes object name: anything else could never match one.
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "Name of the Beamline, in the same namespace, whose worker runs this plan "
+            "(a Kubernetes object name: lower case letters, digits, '-' and '.')."
+        ),
     )
     plan: str = Field(
         min_length=1,
@@ -92,7 +102,10 @@ class PlanRunSpec(ApiModel):
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
-        description="Metadata merged into the start document of every run the plan opens.",
+        description=(
+            "Metadata merged into the start document of every run the plan opens "
+            f"(not {', '.join(RESERVED_START_KEYS)}: the RunEngine sets those)."
+        ),
     )
     priority: int = Field(
         default=0,
