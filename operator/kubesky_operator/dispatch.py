@@ -33,6 +33,7 @@ from .api import (
     RunRequest,
     may_transition,
 )
+from .api.limits import LIMIT_EXCEEDED, spec_limit_error
 from .kubeapi import ApiError, resource_path
 from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_BUSY, WORKER_ERRORS
 from .planrun_status import (
@@ -376,6 +377,14 @@ class BeamlineDispatcher:
         """Write Dispatched (and the finalizer) then POST the run. True when Dispatched was written."""
         client = monitor.client
         if client is None:
+            return False
+        limit = spec_limit_error(params=run.params, metadata=run.metadata)
+        if limit is not None:
+            # Never sent on: a worker (and its RunEngine) should not have to survive it.
+            self.ctl.events.record_run(run, LIMIT_EXCEEDED, limit, warning=True)
+            await self._write_status(
+                run, finished(run, Phase.REJECTED, LIMIT_EXCEEDED, limit), precondition=True
+            )
             return False
         self.saw(run.uid)
         self._t_dispatch = self._t_patched = time.monotonic()

@@ -126,7 +126,14 @@ def setup_logging(level: str) -> None:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# The apiserver accepts JSON nested up to 10,000 levels; kopf decodes every watched object with the
+# standard library, which stops at the interpreter's recursion limit (1,000) and took the whole
+# operator down. Deeper objects are then Rejected by api.limits before anything else looks inside.
+RECURSION_LIMIT = 25_000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     settings = load(argv)
     setup_logging(settings.log_level)
     try:

@@ -4,6 +4,7 @@ the chart's ServiceAccount token, simulated-beamline workers reached through spe
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 
@@ -506,3 +507,45 @@ def test_token_rotation_mid_run_loses_nothing(cluster, api, namespace, operator,
     kubectl_apply(cluster, namespace, planrun_manifest(after, "rot", "count", quick(2)))
     final = wait_phase(api, namespace, after, {"Succeeded", "Failed"}, timeout=60)
     assert final["status"]["phase"] == "Succeeded"
+
+
+def nested_json(depth: int) -> str:
+    """A JSON object `depth` levels deep, written as text (Python's own encoders stop near 1,000)."""
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def deep_planrun(name: str, field: str, depth: int) -> str:
+    spec = {"beamline": "sim", "plan": "count", "params": {"detectors": ["det"], "num": 1}, "metadata": {}}
+    spec[field]["deep"] = "DEEP"
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PlanRun", "metadata": {"name": name}, "spec": spec}
+    return json.dumps(body).replace('"DEEP"', nested_json(depth))
+
+
+def test_deep_params_are_rejected_and_the_operator_survives(
+    cluster, api, namespace, operator, beamlines, request
+):
+    """Deeply nested params or metadata: Rejected naming the field and the limit; the operator
+    keeps running (at start-up too) and the beamline's queue goes on."""
+    # This test's own client decodes the deep objects too.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(25_000)
+    request.addfinalizer(lambda: sys.setrecursionlimit(limit))
+    beamlines("sim")
+    for name, field, depth in (("deep-params", "params", 300), ("deep-metadata", "metadata", 3000)):
+        out = cluster.kubectl("create", "-n", namespace, "-f", "-", input=deep_planrun(name, field, depth))
+        assert out.returncode == 0, out.stderr
+    for name, field in (("deep-params", "params"), ("deep-metadata", "metadata")):
+        run = wait_phase(api, namespace, name, "Rejected", timeout=30)
+        assert f"spec.{field}" in run["status"]["message"] and "levels" in run["status"]["message"], run[
+            "status"
+        ]
+        assert len(run["status"]["message"]) < 300
+    kubectl_apply(cluster, namespace, planrun_manifest("after-deep", "sim", "count", quick()))
+    wait_phase(api, namespace, "after-deep", "Succeeded", timeout=60)
+    assert operator.alive()
+    # A restart lists every PlanRun, the deep ones included: it must come up and keep serving.
+    operator.stop()
+    operator.start()
+    kubectl_apply(cluster, namespace, planrun_manifest("after-restart", "sim", "count", quick()))
+    wait_phase(api, namespace, "after-restart", "Succeeded", timeout=60)
+    assert operator.alive()

@@ -1,0 +1,47 @@
+"""Limits on what a PlanRun may carry, in one place. The CRD schema cannot bound the nesting or
+size of free-form `params` and `metadata`, so the operator checks them before dispatch and marks
+a PlanRun over a limit Rejected (reason LimitExceeded) with a message naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_NESTING = 32  # levels of objects and lists in spec.params or spec.metadata (the field is level 1)
+MAX_BYTES = 256 * 1024  # spec.params and spec.metadata, each, as compact JSON
+
+LIMIT_EXCEEDED = "LimitExceeded"
+
+
+def nesting_depth(value: Any, stop_at: int = MAX_NESTING + 1) -> int:
+    """Levels of dicts and lists in `value`, counted without recursion (so any depth is safe) and
+    only as far as `stop_at`: the answer is then "at least stop_at"."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest >= stop_at:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def spec_limit_error(**fields: Any) -> str | None:
+    """The first limit a PlanRun's free-form fields cross, as a message naming the field, or None."""
+    for name, value in fields.items():
+        depth = nesting_depth(value)
+        if depth > MAX_NESTING:
+            return (
+                f"spec.{name}: nested {depth} or more levels deep; at most {MAX_NESTING} levels are allowed"
+            )
+        size = len(json.dumps(value, separators=(",", ":")))
+        if size > MAX_BYTES:
+            return f"spec.{name}: {size} bytes as JSON; at most {MAX_BYTES} bytes are allowed"
+    return None
