@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from kubesky_operator.api import FieldError, RunRecord, RunRequest, WorkerConfig
+from kubesky_operator.api.limits import start_key_errors
 
 from .auth import TokenSource
 from .config import worker_name
@@ -86,6 +87,12 @@ class Worker:
                 ]
             )
         args, kwargs = entry.validate(req.params, self.engine.devices.devices)
+        bad_keys = start_key_errors(req.metadata)
+        if bad_keys:
+            # Found here, not by event-model mid-run with its whole schema in the message.
+            raise ParamError(
+                [FieldError(loc=["metadata", k], msg=why, type="invalid_key") for k, why in bad_keys.items()]
+            )
         run = Run(
             req.id,
             req.plan,

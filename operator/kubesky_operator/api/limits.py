@@ -5,7 +5,10 @@ a PlanRun over a limit Rejected (reason LimitExceeded) with a message naming the
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+from .planrun import RESERVED_START_KEYS
 
 MAX_NESTING = 32  # levels of objects and lists in spec.params or spec.metadata (the field is level 1)
 MAX_BYTES = 256 * 1024  # spec.params and spec.metadata, each, as compact JSON
@@ -45,3 +48,18 @@ def spec_limit_error(**fields: Any) -> str | None:
         if size > MAX_BYTES:
             return f"spec.{name}: {size} bytes as JSON; at most {MAX_BYTES} bytes are allowed"
     return None
+
+
+# event-model's start document admits top-level keys matching this only (no "", ".", "/").
+START_KEY = re.compile(r"^[^./]+$")
+
+
+def start_key_errors(metadata: dict[str, Any]) -> dict[str, str]:
+    """{key: what is wrong} for metadata keys a start document cannot carry."""
+    errors: dict[str, str] = {}
+    for key in metadata:
+        if key in RESERVED_START_KEYS:
+            errors[key] = "set by the RunEngine; not allowed in metadata"
+        elif not START_KEY.match(key):
+            errors[key] = "a start document key must be non-empty, without '.' or '/'"
+    return errors

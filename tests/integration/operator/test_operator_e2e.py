@@ -229,10 +229,14 @@ def test_rejected_and_beamline_not_found(cluster, api, namespace, operator, beam
         planrun_manifest("bad-num", "sim", "count", {"detectors": ["det"], "num": "many"}),
         planrun_manifest("no-plan", "sim", "no_such_plan", {}),
         planrun_manifest("waits", "later", "count", quick()),
+        planrun_manifest("bad-md", "sim", "count", quick(), metadata={"sample.name": "si"}),
     )
     bad = wait_phase(api, namespace, "bad-num", "Rejected", timeout=30)
     assert "params.num" in bad["status"]["message"], bad["status"]
     assert bad["status"]["reason"] == "InvalidParams"
+    bad_md = wait_phase(api, namespace, "bad-md", "Rejected", timeout=30)
+    assert "metadata.sample.name" in bad_md["status"]["message"], bad_md["status"]
+    assert len(bad_md["status"]["message"]) < 300  # not event-model's whole schema
     nope = wait_phase(api, namespace, "no-plan", "Rejected", timeout=30)
     assert "no_such_plan" in nope["status"]["message"], nope["status"]
     waits = wait_phase(api, namespace, "waits", "Pending", timeout=15)

@@ -350,6 +350,10 @@ INVALID = [
     ),
     ({"plan": "count", "params": {"detectors": ["det"], "per_shot": "f"}}, ["params", "per_shot"]),
     ({"params": {"detectors": ["det"]}}, ["plan"]),
+    # Start-document keys event-model refuses, or the RunEngine sets: refused before the run starts.
+    ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"a.b": 1}}, ["metadata", "a.b"]),
+    ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"": 1}}, ["metadata", ""]),
+    ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"time": 1}}, ["metadata", "time"]),
 ]
 
 
