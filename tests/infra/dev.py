@@ -11,24 +11,16 @@ import shutil
 import signal
 import sys
 
-from .services import CACHE, ControlPlane, Kafka, build, log
+from .services import CACHE, ControlPlane, Kafka, build, log, pid_alive
 
 DEV_DIR = CACHE / "dev"
 STATE = DEV_DIR / "state.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def up() -> int:
     if STATE.exists():
         state = json.loads(STATE.read_text())
-        if all(_alive(pid) for pid in state["pids"]):
+        if all(pid_alive(pid) for pid in state["pids"]):
             _print(state)
             return 0
         down()

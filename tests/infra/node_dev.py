@@ -17,19 +17,11 @@ import threading
 import time
 
 from .node import LAB, RELEASE_NS, NodeCluster, preflight
-from .services import CACHE, REPO_ROOT, ServiceError, build, log, tail
+from .services import CACHE, REPO_ROOT, ServiceError, build, log, pid_alive, tail
 
 DEV_DIR = CACHE / "node-dev"
 STATE = DEV_DIR / "state.json"
 KEEPER_LOG = DEV_DIR / "keeper.log"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _state() -> dict | None:
@@ -41,7 +33,7 @@ def _state() -> dict | None:
 
 def up() -> int:
     state = _state()
-    if state and _alive(state["pid"]):
+    if state and pid_alive(state["pid"]):
         _print(state)
         return 0
     preflight()
@@ -116,7 +108,7 @@ def down() -> int:
         STATE.unlink(missing_ok=True)
         return 0
     deadline = time.monotonic() + 180
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             raise ServiceError(f"the cluster's keeper (pid {pid}) did not stop; see {KEEPER_LOG}")
         time.sleep(0.5)

@@ -36,6 +36,14 @@ def log(msg: str) -> None:
     print(f"[infra] {msg}", file=sys.stderr, flush=True)
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
