@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .api import Condition, ConditionStatus, Phase, RunRecord, set_condition
+from .api.limits import bounded
 from .queue import RunView
 
 SUCCEEDED = "Succeeded"
@@ -97,6 +98,7 @@ def dispatched(run: RunView, worker: str) -> dict[str, Any]:
 
 def finished(run: RunView, phase: Phase, reason: str, message: str) -> dict[str, Any]:
     """A terminal phase the operator decides: Rejected, Cancelled, Failed (WorkerLost)."""
+    message = bounded(message)
     conds = _set(_conditions(run), run, SUCCEEDED, ConditionStatus.FALSE, reason, message)
     return {
         "status": {

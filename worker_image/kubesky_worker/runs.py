@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubesky_operator.api import KafkaRange, Phase, PlanRunRef, Progress, RunRecord, may_transition
+from kubesky_operator.api.limits import bounded
 from kubesky_operator.api.planrun import TERMINAL_PHASES
 
 
@@ -93,7 +94,7 @@ class Run:
             if reason is not None:
                 self.reason = reason
             if message is not None:
-                self.message = message
+                self.message = bounded(message)
             if phase == Phase.RUNNING and self.start_time is None:
                 self.start_time = utcnow()
             if phase in TERMINAL_PHASES:

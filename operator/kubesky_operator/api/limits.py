@@ -14,6 +14,7 @@ MAX_NESTING = 32  # levels of objects and lists in spec.params or spec.metadata 
 MAX_BYTES = 256 * 1024  # spec.params and spec.metadata, each, as compact JSON
 
 LIMIT_EXCEEDED = "LimitExceeded"
+MAX_MESSAGE = 2048  # characters of a status message or condition message (a traceback summary fits)
 
 
 def nesting_depth(value: Any, stop_at: int = MAX_NESTING + 1) -> int:
@@ -63,3 +64,12 @@ def start_key_errors(metadata: dict[str, Any]) -> dict[str, str]:
         elif not START_KEY.match(key):
             errors[key] = "a start document key must be non-empty, without '.' or '/'"
     return errors
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to `limit` characters, saying so: an exception's text can be any size (an
+    event-model error carries its whole schema), and a status write must never fail for it."""
+    if len(message) <= limit:
+        return message
+    suffix = f"... ({len(message) - limit} more characters cut)"
+    return message[: limit - len(suffix)] + suffix

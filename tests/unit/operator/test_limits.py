@@ -3,7 +3,14 @@ depth, and the first field over a limit named in the message."""
 
 from __future__ import annotations
 
-from kubesky_operator.api.limits import MAX_BYTES, MAX_NESTING, nesting_depth, spec_limit_error
+from kubesky_operator.api.limits import (
+    MAX_BYTES,
+    MAX_MESSAGE,
+    MAX_NESTING,
+    bounded,
+    nesting_depth,
+    spec_limit_error,
+)
 
 
 def nested(depth: int) -> dict:
@@ -31,3 +38,26 @@ def test_the_field_and_the_limit_are_named() -> None:
     assert msg is not None and msg.startswith("spec.metadata:") and str(MAX_NESTING) in msg
     msg = spec_limit_error(params={"blob": "x" * MAX_BYTES}, metadata={})
     assert msg is not None and msg.startswith("spec.params:") and str(MAX_BYTES) in msg
+
+
+def test_messages_are_bounded_and_say_so() -> None:
+    assert bounded("short") == "short"
+    long = "E" * 30_000  # e.g. an event-model error with its whole schema
+    cut = bounded(long)
+    assert len(cut) == MAX_MESSAGE and cut.endswith(f"({30_000 - MAX_MESSAGE} more characters cut)")
+
+
+def test_status_messages_are_bounded_on_both_sides() -> None:
+    """The worker's run record and the operator's terminal status never carry more."""
+    from kubesky_operator.api import Phase
+    from kubesky_operator.planrun_status import finished
+    from kubesky_operator.queue import RunView
+    from kubesky_worker.runs import Run
+
+    run = Run("r1", "count", topic=None)
+    run.set_phase(Phase.FAILED, "PlanFailed", "ValueError: " + "x" * 100_000)
+    assert len(run.record().message or "") == MAX_MESSAGE
+    view = RunView(namespace="ns", name="pr", uid="u", beamline="sim", plan="count", created="")
+    status = finished(view, Phase.REJECTED, "InvalidParams", "m" * 100_000)["status"]
+    assert len(status["message"]) == MAX_MESSAGE
+    assert all(len(c["message"]) <= MAX_MESSAGE for c in status["conditions"])
