@@ -129,13 +129,15 @@ class PlanRollout:
                         reply = await client.reload()
                         next_reload, reload_gap = loop.time() + reload_gap, min(reload_gap * 2, 4.0)
                         served, errors, pending = reply.plan_set_hash, reply.load_errors, reply.deferred
+                        if errors and not pending:  # a reload finished: is another one queued?
+                            pending = (await client.state()).reload_pending
                     else:
                         state = await client.state()
                         served, errors, pending = state.plan_set_hash, state.load_errors, state.reload_pending
                     if served == expected:
                         self._done(key, bl, expected)
                         return
-                    if errors and not pending and not (await client.state()).reload_pending:
+                    if errors and not pending:
                         # The new sources are served to the worker but do not load: the previous
                         # plans keep serving and the Beamline's PlansLoaded condition says why.
                         if self.failed.get(key) != expected:

@@ -107,6 +107,10 @@ def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.C
     return proc
 
 
+def mount_points() -> list[str]:
+    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+
+
 def build_images() -> dict[str, dict[str, str]]:
     """Run the image build (cached) and return {name: {ref, archive}} for pause, operator, worker."""
     proc = subprocess.run(["bash", str(IMAGES_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
@@ -231,7 +235,7 @@ class Node:
                 str(self.bin_dir / "kubelet"),
                 f"--config={self._kubelet_config()}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={self.kubelet_root}",
+                f"--root-dir={KUBELET_ROOT}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={GATEWAY}",
                 "--v=1",
@@ -317,10 +321,6 @@ class Node:
         self.startup_seconds = time.monotonic() - t0
         log(f"node {NODE_NAME} Ready in {self.startup_seconds:.1f} s")
         return self
-
-    @property
-    def kubelet_root(self) -> Path:
-        return KUBELET_ROOT
 
     def _start_containerd(self, logs: Path) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -497,16 +497,18 @@ class Node:
         for netns in Path("/run/netns").glob("cni-*") if Path("/run/netns").exists() else []:
             sh("umount", str(netns), check=False)
             netns.unlink(missing_ok=True)
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         ours = sorted(
-            (m for m in mounts if m.startswith((str(self.kubelet_root), str(RUN_DIR), str(CONTAINERD_ROOT)))),
+            (
+                m
+                for m in mount_points()
+                if m.startswith((str(KUBELET_ROOT), str(RUN_DIR), str(CONTAINERD_ROOT)))
+            ),
             reverse=True,
         )
         for mount in ours:
             sh("umount", "-l", mount, check=False)
         shutil.rmtree(RUN_DIR, ignore_errors=True)
-        still = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-        if not any(m.startswith(str(KUBELET_ROOT)) for m in still):  # never delete into a mount
+        if not any(m.startswith(str(KUBELET_ROOT)) for m in mount_points()):  # never delete into a mount
             shutil.rmtree(KUBELET_ROOT.parent, ignore_errors=True)
         # libcni's cache of our attachments (the network is named "kubesky").
         for result in Path("/var/lib/cni/results").glob("kubesky-*"):
@@ -550,8 +552,6 @@ class NodeCluster:
     kafka: Kafka | None = None
     node: Node | None = None
     images: dict[str, dict[str, str]] = field(default_factory=dict)
-    install_seconds: float = 0.0  # helm install -> operator Ready (set by whoever installs)
-    beamline_ready_seconds: float = 0.0  # kubectl apply -k examples/ -> Beamline Ready
     _lock_file: IO[str] | None = None
 
     def start(self) -> NodeCluster:
@@ -645,8 +645,7 @@ class NodeCluster:
             "--wait", "--timeout", "180s",
             *self.chart_values("--set", f"networkPolicy.extraNamespaces={{{beamline_ns}}}"),
         )  # fmt: skip
-        self.install_seconds = time.monotonic() - t0
-        return self.install_seconds
+        return time.monotonic() - t0
 
     def apply_examples(self, namespace: str, timeout: float = 240) -> float:
         """`kubectl apply -k examples/` into `namespace`; returns the seconds until Beamline sim is Ready."""
@@ -658,8 +657,7 @@ class NodeCluster:
             return out.returncode == 0 and json.loads(out.stdout).get("status", {}).get("phase") == "Ready"
 
         wait_until("Beamline sim Ready", ready, timeout, [])
-        self.beamline_ready_seconds = time.monotonic() - t0
-        return self.beamline_ready_seconds
+        return time.monotonic() - t0
 
     def log_tails(self, lines: int = 30) -> str:
         parts = [x.log_tails(lines) for x in (self.control_plane, self.kafka, self.node) if x is not None]

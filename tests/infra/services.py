@@ -200,7 +200,7 @@ class ControlPlane:
                 f"--tls-cert-file={pki['apiserver.crt']}",
                 f"--tls-private-key-file={pki['apiserver.key']}",
                 f"--client-ca-file={pki['ca.crt']}",
-                *self._node_apiserver_flags(),
+                *self._authorization_flags(),
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={pki['sa.pub']}",
                 f"--service-account-signing-key-file={pki['sa.key']}",
@@ -262,7 +262,7 @@ class ControlPlane:
         )
         return self
 
-    def _node_apiserver_flags(self) -> list[str]:
+    def _authorization_flags(self) -> list[str]:
         if not self.node_name:
             return ["--authorization-mode=RBAC"]
         return [

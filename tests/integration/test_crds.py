@@ -133,30 +133,28 @@ def test_defaults(cluster, crds, namespace):
     }
 
 
-def test_beamline_metadata_refuses_reserved_start_keys(cluster, crds, namespace):
-    bad = """
-apiVersion: kubesky.io/v1alpha1
-kind: Beamline
-metadata: {name: reserved}
-spec:
-  metadata: {facility: x, uid: mine}
-"""
-    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=bad, check=False)
-    assert out.returncode != 0 and "spec.metadata: Invalid value" in out.stderr, out.stderr
-    assert "the RunEngine sets them" in out.stderr
+# Each bad Beamline spec, and fragments the apiserver's error must contain.
+BAD_BEAMLINES = [
+    (
+        "reserved",
+        "metadata: {facility: x, uid: mine}",
+        ["spec.metadata: Invalid value", "the RunEngine sets them"],
+    ),
+    (
+        "ext",
+        'worker: {endpoint: "http://10.1.2.3:8080"}',
+        ["tokenSecretRef is required when endpoint is set"],
+    ),
+]
 
 
-def test_beamline_endpoint_requires_token(cluster, crds, namespace):
-    bad = """
-apiVersion: kubesky.io/v1alpha1
-kind: Beamline
-metadata: {name: ext}
-spec:
-  worker: {endpoint: "http://10.1.2.3:8080"}
-"""
+@pytest.mark.parametrize(("name", "spec", "errors"), BAD_BEAMLINES, ids=[b[0] for b in BAD_BEAMLINES])
+def test_bad_beamline_refused(cluster, crds, namespace, name, spec, errors):
+    bad = f"apiVersion: kubesky.io/v1alpha1\nkind: Beamline\nmetadata: {{name: {name}}}\nspec:\n  {spec}\n"
     out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=bad, check=False)
-    assert out.returncode != 0
-    assert "tokenSecretRef is required when endpoint is set" in out.stderr
+    assert out.returncode != 0, f"{name} was accepted:\n{out.stdout}"
+    for error in errors:
+        assert error in out.stderr, out.stderr
 
 
 def test_printer_columns_categories_explain(cluster, crds, namespace):

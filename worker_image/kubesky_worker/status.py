@@ -164,11 +164,7 @@ class StatusWriter:
                     self._cond.wait(timeout=wait)
                     continue
             for e in due:
-                try:
-                    self._write(e)
-                except Exception as exc:  # one run's bad record must never stop the reporting of others
-                    log.exception("status of run %s not written", e.run.id)
-                    self._failed(e, f"{type(exc).__name__}: {exc}")
+                self._write(e)  # never raises: one run's bad record must not stop the reporting of others
             with self._cond:
                 for rid in [
                     rid

@@ -1,6 +1,8 @@
-"""Limits on what a PlanRun may carry, in one place. The CRD schema cannot bound the nesting or
-size of free-form `params` and `metadata`, so the operator checks them before dispatch and marks
-a PlanRun over a limit Rejected (reason LimitExceeded) with a message naming the field."""
+"""Limits on what a PlanRun may carry and on what its status says, in one place (listed in
+docs/operations.md). The CRD schema cannot bound the nesting or size of free-form `params` and
+`metadata`: the operator checks them before dispatch (Rejected, reason LimitExceeded, the field
+named). The worker refuses start-document keys event-model would refuse; both sides bound status
+messages."""
 
 from __future__ import annotations
 
