@@ -294,9 +294,16 @@ class BeamlineMonitor:
         if _same(current, wanted):
             return
         patch: dict[str, Any] = {k: wanted.get(k) for k in set(wanted) | set(current)}
+        # A merge patch deletes every null it carries, nested ones too: a plan schema's
+        # `"default": null` would vanish. The catalogue goes in a JSON patch, which keeps them.
+        plans = patch.pop("plans", None)
+        plans_changed = plans is not None and plans != current.get("plans")
         path = resource_path(API_VERSION, "beamlines", bl.namespace, bl.name, "status")
         try:
             body = await self.ctl.api.merge_patch(path, {"status": patch})
+            if plans_changed:
+                op = {"op": "add", "path": "/status/plans", "value": plans}
+                body = await self.ctl.api.json_patch(path, [op])
         except ApiError as exc:
             if exc.status != 404:
                 log.warning("status of beamline %s/%s not written: %s", *self.key, exc)

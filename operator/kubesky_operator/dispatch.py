@@ -33,6 +33,7 @@ from .api import (
     RunRequest,
     may_transition,
 )
+from .api.applied import NULL_DROPPED, dropped_nulls_message
 from .api.limits import LIMIT_EXCEEDED, spec_limit_error
 from .kubeapi import ApiError, resource_path
 from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_BUSY, WORKER_ERRORS
@@ -61,6 +62,16 @@ def _status_path(run: RunView) -> str:
 
 def _object_path(run: RunView) -> str:
     return resource_path(API_VERSION, "planruns", run.namespace, run.name)
+
+
+def _refusal(run: RunView) -> tuple[str, str] | None:
+    """(reason, message) when the run must be Rejected before it reaches a worker."""
+    limit = spec_limit_error(params=run.params, metadata=run.metadata)
+    if limit is not None:
+        return LIMIT_EXCEEDED, limit
+    if run.dropped_nulls:
+        return NULL_DROPPED, dropped_nulls_message(list(run.dropped_nulls))
+    return None
 
 
 def rejection_reason(message_fields: list[str]) -> str:
@@ -378,13 +389,12 @@ class BeamlineDispatcher:
         client = monitor.client
         if client is None:
             return False
-        limit = spec_limit_error(params=run.params, metadata=run.metadata)
-        if limit is not None:
+        refusal = _refusal(run)
+        if refusal is not None:
             # Never sent on: a worker (and its RunEngine) should not have to survive it.
-            self.ctl.events.record_run(run, LIMIT_EXCEEDED, limit, warning=True)
-            await self._write_status(
-                run, finished(run, Phase.REJECTED, LIMIT_EXCEEDED, limit), precondition=True
-            )
+            reason, message = refusal
+            self.ctl.events.record_run(run, reason, message, warning=True)
+            await self._write_status(run, finished(run, Phase.REJECTED, reason, message), precondition=True)
             return False
         self.saw(run.uid)
         self._t_dispatch = self._t_patched = time.monotonic()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import ACTIVE_PHASES, TERMINAL_PHASES, Phase, PlanRunState
+from .api.applied import dropped_nulls
 
 FINALIZER = "kubesky.io/abort-on-delete"
 
@@ -44,6 +45,7 @@ class RunView:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     timeout_seconds: int | None = None
     status: Mapping[str, Any] = field(default_factory=dict)
+    dropped_nulls: tuple[str, ...] = ()  # params/metadata nulls kubectl apply removed (api.applied)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunView:
@@ -74,6 +76,8 @@ class RunView:
             metadata=dict(spec.get("metadata") or {}),
             timeout_seconds=spec.get("timeoutSeconds"),
             status=dict(status),
+            # only a run not yet dispatched is decided on by it: skip the JSON for the others
+            dropped_nulls=tuple(dropped_nulls(body)) if phase in (None, "Pending", "Queued") else (),
         )
 
     @property

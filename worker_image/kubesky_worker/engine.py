@@ -29,7 +29,7 @@ from kubesky_operator.api import (
 from .devices import DeviceRegistry, build_devices, collect_factories
 from .metrics import Metrics
 from .plans import PlanEntry, PlanManager
-from .publisher import Publisher
+from .publisher import Publisher, Unpublishable
 from .runs import Run, RunHistory
 from .status import StatusWriter
 
@@ -161,6 +161,13 @@ class Engine:
             enqueue(self._doc_run, name, doc)
 
         RE.subscribe(on_document)
+        check_md = RE.md_validator
+
+        def validate_start(md: dict[str, Any]) -> None:
+            check_md(md)
+            self.publisher.check_start(self._doc_run, md)
+
+        RE.md_validator = validate_start
         factories, errors = collect_factories(self.config.devices)
         registry = asyncio.run_coroutine_threadsafe(build_devices(factories), RE.loop).result()
         self.devices = registry
@@ -287,7 +294,9 @@ class Engine:
 
     def _outcome(self, run: Run, error: BaseException | None) -> tuple[Phase, str, str]:
         if run.publish_failure:
-            return Phase.FAILED, "DocumentTooLarge", run.publish_failure
+            return Phase.FAILED, *run.publish_failure
+        if isinstance(error, Unpublishable):  # the start document, refused before it was emitted
+            return Phase.FAILED, error.reason, str(error)
         if run.requested == ControlAction.ABORT:
             if run.requested_reason == "Timeout":
                 return Phase.ABORTED, "Timeout", f"aborted after timeoutSeconds={run.timeout_seconds}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import dataclasses
-import enum
 import inspect
 import logging
 import re
@@ -531,10 +530,12 @@ def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEn
             fields[_alias(p.name)] = (tp, Field(**fkw))
         else:
             default = p.default
-            if isinstance(default, enum.Enum | datetime) or not _jsonable(default):
-                fields[_alias(p.name)] = (tp, Field(default=None, **fkw))
-            else:
-                fields[_alias(p.name)] = (tp, Field(default=default, **fkw))
+            if default is None and not _accepts_none(tp):
+                # `x: float = None` is the plan saying None is a value: `x: null` must validate.
+                tp = tp | None
+            # The schema shows the default in its JSON form (an Enum's value, a datetime's ISO text, a
+            # tuple as a list); pydantic leaves out a default that has none, rather than lying.
+            fields[_alias(p.name)] = (tp, Field(default=default, **fkw))
     axis_shape: tuple[str, ...] = ()
     shape = AXIS_SHAPES.get(getattr(func, "__name__", ""))
     if (
@@ -587,14 +588,12 @@ def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEn
     )
 
 
-def _jsonable(v: Any) -> bool:
-    if v is None or isinstance(v, bool | int | float | str):
-        return True
-    if isinstance(v, list | tuple):
-        return all(_jsonable(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
-    return False
+def _accepts_none(tp: Any) -> bool:
+    try:
+        TypeAdapter(tp).validate_python(None)
+    except Exception:
+        return False
+    return True
 
 
 def _returns_generator(fn: Callable[..., Any]) -> bool:

@@ -44,8 +44,18 @@ def serializer() -> Callable[[Any], bytes]:
     return packer.pack
 
 
-class DocumentTooLarge(Exception):
-    pass
+class Unpublishable(Exception):
+    """A document that cannot reach Kafka at all: its run fails with `reason`."""
+
+    reason = "DocumentUnpublishable"
+
+
+class DocumentTooLarge(Unpublishable):
+    reason = "DocumentTooLarge"
+
+
+class DocumentUnserializable(Unpublishable):
+    reason = "DocumentUnserializable"
 
 
 @dataclass
@@ -288,6 +298,10 @@ class Publisher:
                     )
                 touched.add(id(run))
                 continue
+            if name == "stop" and tr is not None and tr.run.publish_failure:
+                # One of the run's documents never reached Kafka: its stop must not say success
+                # (nor "abort", the means by which the worker ended it); consumers see why.
+                doc = {**doc, "exit_status": "fail", "reason": tr.run.publish_failure[1]}
             key = self._account(tr, name, doc)
             if tr is not None:
                 touched.add(id(run))
@@ -298,13 +312,22 @@ class Publisher:
                     self._backlog.append(_Record(tr, pname, key, value, headers, t, size))
                     if tr is not None:
                         tr.enqueued += 1
-            except DocumentTooLarge as exc:
-                msg = str(exc)
-                log.error("%s", msg)
+            except Unpublishable as exc:
+                failure = (exc.reason, str(exc))
+                log.error("%s", failure[1])
                 if tr is not None:
-                    tr.run.update(lambda r, msg=msg: setattr(r, "publish_failure", r.publish_failure or msg))
+                    tr.run.update(lambda r, f=failure: setattr(r, "publish_failure", r.publish_failure or f))
                     if self.on_run_failure is not None:
-                        threading.Thread(target=self.on_run_failure, args=(tr.run, msg), daemon=True).start()
+                        args = (tr.run, failure[1])
+                        threading.Thread(target=self.on_run_failure, args=args, daemon=True).start()
+
+    def check_start(self, run: Run | None, md: dict[str, Any]) -> None:
+        """Raise Unpublishable when the start document made of `md` could not reach Kafka. The
+        RunEngine asks before it emits the document, so such a run fails before the plan acts and
+        leaves no documents behind (rather than descriptors and events without their start)."""
+        uid = "0" * 36  # the size of the uid the RunEngine adds
+        doc = {**md, "uid": uid, "time": time.time()}
+        self._serialize("start", doc, uid.encode(), run.headers if run is not None else [], serializer(), "")
 
     def _limit(self) -> int:
         return (self.kafka.max_request_size if self.kafka is not None else 1 << 62) - RECORD_OVERHEAD
@@ -316,8 +339,18 @@ class Publisher:
         key: bytes | None,
         headers: list[tuple[str, bytes]],
         pack: Callable[[Any], bytes],
+        uid: str | None = None,
     ) -> list[tuple[str, dict[str, Any], bytes]]:
-        value = pack([name, doc])
+        if uid is None:
+            uid = str(doc.get("uid") or doc.get("datum_id") or "")
+        what = f"{name} document {uid}" if uid else f"the {name} document"
+        try:
+            value = pack([name, doc])
+        except (TypeError, ValueError, OverflowError) as exc:
+            # msgpack refuses objects it has no form for, too-deep nesting and ints past 64 bits
+            raise DocumentUnserializable(
+                f"{what} cannot be serialized for Kafka ({type(exc).__name__}: {exc}); the run is failed"
+            ) from None
         hsize = sum(len(k) + len(v) for k, v in headers)
         size = len(value) + (len(key) if key else 0) + hsize
         if size <= self._limit():
@@ -327,9 +360,8 @@ class Publisher:
             for part in split_event_page(doc):
                 out.extend(self._serialize(name, part, key, headers, pack))
             return out
-        uid = doc.get("uid") or doc.get("datum_id") or ""
         raise DocumentTooLarge(
-            f"{name} document {uid} is {size} bytes serialized, over the Kafka limit of "
+            f"{what} is {size} bytes serialized, over the Kafka limit of "
             f"{self._limit() + RECORD_OVERHEAD} bytes (kafka.maxRequestSize); the run is failed"
         )
 

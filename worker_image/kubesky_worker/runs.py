@@ -57,8 +57,8 @@ class Run:
         self.completion_time: datetime | None = None
         # partition -> [first, last] offsets of the run's documents
         self.offsets: dict[int, list[int]] = {}
-        # set by the publisher when a document cannot be published at all (too large)
-        self.publish_failure: str | None = None
+        # (reason, message), set by the publisher when a document cannot be published at all
+        self.publish_failure: tuple[str, str] | None = None
         self.requested: str | None = None  # control action asked for: stop, abort
         self.requested_reason: str | None = None
         self.version = 0  # bumped on every change the status writer may want to see

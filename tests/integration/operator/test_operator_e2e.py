@@ -554,3 +554,33 @@ def test_deep_params_are_rejected_and_the_operator_survives(
     kubectl_apply(cluster, namespace, planrun_manifest("after-restart", "sim", "count", quick()))
     wait_phase(api, namespace, "after-restart", "Succeeded", timeout=60)
     assert operator.alive()
+
+
+def test_nulls_dropped_by_kubectl_apply_are_rejected_and_null_defaults_are_shown(
+    cluster, api, namespace, operator, beamlines
+):
+    """To client-side kubectl apply, null means "delete": `md: null` reached the plan as its
+    default without a word. Now Rejected naming the field; `kubectl create` keeps the null and runs.
+    The plan schemas in status.plans keep their `"default": null` (a merge patch dropped them)."""
+    beamlines("sim")
+    params = {"detectors": ["det"], "num": 2, "md": None}
+    kubectl_apply(cluster, namespace, planrun_manifest("null-applied", "sim", "count", params))
+    run = wait_phase(api, namespace, "null-applied", "Rejected", timeout=30)
+    assert run["status"]["reason"] == "NullDropped", run["status"]
+    assert run["status"]["message"].startswith("spec.params.md: null"), run["status"]
+    created = cluster.kubectl(
+        "create",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(planrun_manifest("null-created", "sim", "count", params)),
+    )
+    assert created.returncode == 0, created.stderr
+    wait_phase(api, namespace, "null-created", "Succeeded", timeout=60)
+
+    bl = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "beamlines", "sim")
+    count = next(p for p in bl["status"]["plans"] if p["name"] == "count")
+    props = count["parameters"]["properties"]
+    assert "default" in props["md"] and props["md"]["default"] is None, props["md"]
+    assert props["num"]["default"] == 1

@@ -1,8 +1,12 @@
 """The limits on a PlanRun's free-form fields (api.limits): depth counted without recursion, at any
-depth, and the first field over a limit named in the message."""
+depth, and the first field over a limit named in the message; the nulls kubectl apply removed."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from kubesky_operator.api.applied import LAST_APPLIED, dropped_nulls, dropped_nulls_message
 from kubesky_operator.api.limits import (
     MAX_BYTES,
     MAX_MESSAGE,
@@ -61,3 +65,26 @@ def test_status_messages_are_bounded_on_both_sides() -> None:
     status = finished(view, Phase.REJECTED, "InvalidParams", "m" * 100_000)["status"]
     assert len(status["message"]) == MAX_MESSAGE
     assert all(len(c["message"]) <= MAX_MESSAGE for c in status["conditions"])
+
+
+def applied(spec: dict, applied_spec: dict | str) -> dict:
+    text = applied_spec if isinstance(applied_spec, str) else json.dumps({"spec": applied_spec})
+    return {"metadata": {"annotations": {LAST_APPLIED: text}}, "spec": spec}
+
+
+def test_dropped_nulls_names_what_kubectl_apply_removed():
+    body = applied(
+        {"params": {"det": "x", "opts": {}}, "metadata": {"a": None}},
+        {"params": {"det": "x", "num": None, "opts": {"gain": None}}, "metadata": {"a": None}},
+    )
+    assert dropped_nulls(body) == ["params.num", "params.opts.gain"]  # metadata.a kept its null
+    assert dropped_nulls_message(["params.num"]).startswith("spec.params.num: null")
+    assert dropped_nulls({"spec": {"params": {}}}) == []  # created, not applied
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[" * 100_000 + "null" + "]" * 100_000, json.dumps({"spec": "x"}), "null"],
+)
+def test_dropped_nulls_ignores_annotations_it_cannot_use(text):
+    assert dropped_nulls(applied({"params": {}}, text)) == []

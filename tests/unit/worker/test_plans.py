@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import bluesky.plans as bp
@@ -178,3 +180,33 @@ def test_example_plans_load():
     ps = load_plan_set(PlanConfig(directories=[str(root)]))
     assert ps.errors == []
     assert {"step_scan", "count_slowly", "failing_plan", "move_to"} <= set(ps.plans)
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    SLOW = "slow"
+
+
+def defaults_plan(
+    mode: Mode = Mode.SLOW,
+    when: datetime = datetime(2026, 1, 2, 3, 4, 5),
+    shape: tuple[int, int] = (3, 4),
+    gain: float = None,  # noqa: RUF013 - the implicit Optional plans are written with
+    md: dict | None = None,
+    handle: object = object(),
+):
+    yield from ()
+
+
+def test_schema_shows_every_default_in_its_json_form():
+    """Enum and datetime defaults used to be shown as null; `gain: float = None` refused null."""
+    e = build_plan_entry("defaults_plan", defaults_plan, "m")
+    props = e.info().parameters["properties"]
+    assert props["mode"]["default"] == "slow"
+    assert props["when"]["default"] == "2026-01-02T03:04:05"
+    assert props["shape"]["default"] == [3, 4]
+    assert props["gain"]["default"] is None and props["md"]["default"] is None
+    assert "default" not in props["handle"]  # no JSON form: left out, not shown as something else
+    assert e.validate({"gain": None}, DEVICES) == ([], {"gain": None})
+    assert e.validate({"mode": "fast"}, DEVICES) == ([], {"mode": Mode.FAST})
+    assert e.validate({}, DEVICES) == ([], {})  # the plan's own defaults apply
