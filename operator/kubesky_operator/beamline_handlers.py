@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from .api import API_VERSION, GROUP, VERSION, BeamlineSpec
 from .controller import Controller
-from .worker_objects import MissingSecret, ObjectNotApplied, apply_worker_objects
+from .worker_objects import NotAllowed, ObjectNotApplied, apply_worker_objects
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ async def ensure_worker_objects(ctl: Controller, body: kopf.Body) -> list[str]:
         return await apply_worker_objects(
             ctl.api, ctl.settings, meta["name"], meta["namespace"], meta["uid"], spec
         )
-    except (MissingSecret, ObjectNotApplied) as exc:
+    except (NotAllowed, ObjectNotApplied) as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
 
 

@@ -23,10 +23,11 @@ from .api import (
     WorkerState,
     set_condition,
 )
+from .beamline_policy import NOT_ALLOWED, Refusal, describe, refusals
 from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
 from .kubeapi import ApiError, resource_path
 from .metrics import API_WRITES, WORKER_ERRORS
-from .worker_objects import MissingSecret, ObjectNotApplied, apply_worker_objects
+from .worker_objects import NotAllowed, ObjectNotApplied, apply_worker_objects
 from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
 
 if TYPE_CHECKING:
@@ -56,6 +57,10 @@ class BeamlineMonitor:
         self._plans_hash: str | None = None
         self._plan_set_changed: str | None = None
         self._orphan: str | None = None
+        self._refused: list[Refusal] = []
+        self._refused_text: str | None = None
+        self._policy_key: tuple[str, int] | None = None
+        self._policy_at = 0.0
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resync_at = time.monotonic() + ctl.settings.worker_objects_resync_seconds
@@ -111,7 +116,7 @@ class BeamlineMonitor:
             done = await apply_worker_objects(
                 self.ctl.api, self.ctl.settings, bl.name, bl.namespace, bl.uid, bl.spec, missing_only=True
             )
-        except (MissingSecret, ObjectNotApplied, ApiError) as exc:
+        except (NotAllowed, ObjectNotApplied, ApiError) as exc:
             log.warning("beamline %s/%s: cannot restore its worker objects: %s", *self.key, exc)
             return
         except Exception:  # the monitor must outlive anything the API does
@@ -122,6 +127,20 @@ class BeamlineMonitor:
             body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
             self.ctl.events.record(body, "WorkerObjectsRestored", ", ".join(done), kind="Beamline")
             self._token_at = 0.0  # a recreated token Secret holds a new token
+
+    async def _refusals(self, bl: BeamlineView) -> list[Refusal]:
+        """beamline_policy's verdict on this Beamline, asked again on a spec change or after
+        TOKEN_TTL (an administrator may opt a Secret in meanwhile)."""
+        now = time.monotonic()
+        key = (bl.uid, bl.generation)
+        if key != self._policy_key or now - self._policy_at > TOKEN_TTL:
+            try:
+                self._refused = await refusals(self.ctl.api, self.ctl.settings, bl.namespace, bl.spec)
+            except ApiError as exc:
+                self._refused = [Refusal("spec", f"cannot check the referenced Secrets: {exc.status}")]
+            self._policy_key = key
+            self._policy_at = now
+        return self._refused
 
     # Worker resolution ----------------------------------------------------------------------
 
@@ -162,6 +181,18 @@ class BeamlineMonitor:
             return
         was_ready = self.ready
         self.error = None
+        refused = await self._refusals(bl)
+        if refused:
+            # Nothing is read or sent on this Beamline's behalf until it asks only for what is allowed.
+            self.ready = False
+            self.client = None
+            self.error = describe(refused)
+            if was_ready or self._refused_text != self.error:
+                log.warning("beamline %s/%s: not allowed: %s", *self.key, self.error)
+            self._refused_text = self.error
+            await self.write_status(bl)
+            return
+        self._refused_text = None
         endpoint, token = await self._resolve(bl)
         if self.client is None or self.client.base_url != endpoint.rstrip("/") or self.client.token != token:
             self.client = WorkerClient(self.ctl.worker_session(), endpoint, token)
@@ -239,6 +270,8 @@ class BeamlineMonitor:
             )
         else:
             reason = "WorkerStarting" if not self._ever_ready else "WorkerUnreachable"
+            if self._refused_text is not None:
+                reason = NOT_ALLOWED
             conditions = set_condition(
                 conditions, WORKER_READY, ConditionStatus.FALSE, reason, self.error or "", gen
             )
@@ -266,7 +299,7 @@ class BeamlineMonitor:
                 f"{len(self._plans)} plans",
                 gen,
             )
-        if bl.spec_error:
+        if bl.spec_error or self._refused_text is not None:
             phase = "Degraded"
         elif bl.spec.suspend:
             phase = "Suspended"

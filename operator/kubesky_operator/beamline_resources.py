@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -113,27 +112,15 @@ def token_secret(beamline: str, namespace: str, uid: str, token: str | None = No
     }
 
 
-def worker_config(
-    beamline: str,
-    spec: BeamlineSpec,
-    *,
-    port: int,
-    kafka_secret_keys: Mapping[str, str] | None = None,
-) -> WorkerConfig:
-    """The worker's configuration for its in-cluster Deployment (paths as mounted there).
-
-    `kafka_secret_keys` is the decoded data of spec.kafka.credentialsSecret, when there is one:
-    the username goes into the config, the password and CA stay in the mounted Secret.
-    """
+def worker_config(beamline: str, spec: BeamlineSpec, *, port: int) -> WorkerConfig:
+    """The worker's configuration for its in-cluster Deployment (paths as mounted there). Kafka
+    credentials stay in their mounted Secret: the worker reads them from files when it connects."""
     kafka = None
     if spec.kafka is not None:
-        creds = kafka_secret_keys or {}
         kafka = KafkaConfig(
             bootstrap_servers=spec.kafka.bootstrap_servers,
             topic=spec.kafka.topic,
-            sasl_username=creds.get("username") or None,
-            sasl_password_file=f"{KAFKA_CREDS_DIR}/password" if "password" in creds else None,
-            ca_file=f"{KAFKA_CREDS_DIR}/ca.crt" if "ca.crt" in creds else None,
+            credentials_dir=KAFKA_CREDS_DIR if spec.kafka.credentials_secret else None,
             **{
                 name: value
                 for name in ("linger_ms", "max_pending_documents")
@@ -330,10 +317,9 @@ def render_all(
     *,
     image: str,
     port: int,
-    kafka_secret_keys: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Everything but the token Secret, in apply order."""
-    config = worker_config(beamline, spec, port=port, kafka_secret_keys=kafka_secret_keys)
+    config = worker_config(beamline, spec, port=port)
     sa_name = spec.worker.service_account_name or worker_name(beamline)
     objs = [config_map(beamline, namespace, uid, config)]
     if not spec.worker.service_account_name:

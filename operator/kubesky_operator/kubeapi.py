@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 FIELD_MANAGER = "kubesky-operator"
 
 # plural of every kind the operator writes.
@@ -161,9 +162,12 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
+        accept: str | None = None,
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         for attempt in (1, 2):
             session = self._get_session()
             async with session.request(method, path, data=data, headers=headers, params=params) as resp:
@@ -185,6 +189,15 @@ class KubeApi:
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_metadata(self, path: str) -> dict[str, Any] | None:
+        """The object's metadata only (PartialObjectMetadata): e.g. a Secret's labels without its data."""
+        try:
+            return await self.request("GET", path, accept=PARTIAL_METADATA)
         except ApiError as exc:
             if exc.status == 404:
                 return None

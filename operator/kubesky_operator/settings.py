@@ -25,6 +25,21 @@ class OperatorSettings(BaseModel):
         default="ghcr.io/kubesky/kubesky-worker:0.1.0", description="Default worker image."
     )
     worker_port: int = Field(default=8080, description="Port of the in-cluster worker's HTTP API.")
+    allowed_worker_images: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Images a Beamline may name in spec.worker.image besides the default worker image's "
+            "repository: a repository (any tag or digest), an exact reference, or a prefix ending in '/'."
+        ),
+    )
+    allowed_worker_service_accounts: list[str] = Field(
+        default_factory=list,
+        description="ServiceAccounts a Beamline may name in spec.worker.serviceAccountName; none by default.",
+    )
+    allowed_endpoint_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a Beamline's spec.worker.endpoint may name; empty: any host.",
+    )
     worker_lost_grace_seconds: float = Field(
         default=6.0, description="How long a worker may be unreachable or forget its run before WorkerLost."
     )

@@ -10,27 +10,45 @@ a new one with a new random token."""
 
 from __future__ import annotations
 
-import base64
+from typing import Any
 
 from .api import BeamlineSpec
+from .beamline_policy import describe, refusals
 from .beamline_resources import render_all, token_secret, token_secret_name, worker_name
 from .kubeapi import PLURALS, ApiError, KubeApi, resource_path
 from .metrics import API_WRITES
 from .settings import OperatorSettings
 
 
-class MissingSecret(Exception):
-    retry_after = 10.0
-
-
 class ObjectNotApplied(Exception):
     retry_after = 5.0
+
+
+class NotAllowed(Exception):
+    """The Beamline asks for what its author may not have (beamline_policy), or names objects
+    kubesky does not own: nothing is applied until that changes."""
+
+    retry_after = 30.0
+
+
+def _owned(obj: dict[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in (obj.get("metadata") or {}).get("ownerReferences") or ())
+
+
+def _not_owned(kind: str, name: str) -> NotAllowed:
+    return NotAllowed(
+        f"{kind}/{name} exists and does not belong to this Beamline: kubesky does not take over "
+        "objects it did not create (rename the Beamline or remove that object)"
+    )
 
 
 async def ensure_token_secret(api: KubeApi, name: str, namespace: str, uid: str) -> bool:
     """Create the worker's token Secret (a new random token) if it is missing; True if created."""
     path = resource_path("v1", "secrets", namespace, token_secret_name(name))
-    if await api.get(path) is not None:
+    existing = await api.get_metadata(path)
+    if existing is not None:
+        if not _owned(existing, uid):
+            raise _not_owned("Secret", token_secret_name(name))
         return False
     try:
         await api.create(resource_path("v1", "secrets", namespace), token_secret(name, namespace, uid))
@@ -40,13 +58,6 @@ async def ensure_token_secret(api: KubeApi, name: str, namespace: str, uid: str)
         return False
     API_WRITES.labels("secret").inc()
     return True
-
-
-async def read_secret(api: KubeApi, namespace: str, name: str) -> dict[str, str]:
-    secret = await api.get(resource_path("v1", "secrets", namespace, name))
-    if secret is None:
-        raise MissingSecret(f"Secret {name} not found")
-    return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.get("data") or {}).items()}
 
 
 async def apply_worker_objects(
@@ -69,25 +80,22 @@ async def apply_worker_objects(
             if any(o.get("uid") == uid for o in owners):
                 await api.delete(path)
         return []
+    refused = await refusals(api, settings, namespace, spec)
+    if refused:
+        raise NotAllowed(describe(refused))
     created = await ensure_token_secret(api, name, namespace, uid)
-    kafka_keys = None
-    if spec.kafka is not None and spec.kafka.credentials_secret:
-        kafka_keys = await read_secret(api, namespace, spec.kafka.credentials_secret)
-    objs = render_all(
-        name,
-        namespace,
-        uid,
-        spec,
-        image=settings.worker_image,
-        port=settings.worker_port,
-        kafka_secret_keys=kafka_keys,
-    )
+    objs = render_all(name, namespace, uid, spec, image=settings.worker_image, port=settings.worker_port)
     done = [f"Secret/{token_secret_name(name)}"] if created or not missing_only else []
     for obj in objs:
         meta = obj["metadata"]
-        if missing_only:
-            path = resource_path(obj["apiVersion"], PLURALS[obj["kind"]], meta["namespace"], meta["name"])
-            if await api.get(path) is not None:
+        path = resource_path(obj["apiVersion"], PLURALS[obj["kind"]], meta["namespace"], meta["name"])
+        existing = await api.get_metadata(path)
+        if existing is not None:
+            if not _owned(existing, uid):
+                # Server-side apply with force would take it over (and the GC would delete it
+                # with the Beamline): a Beamline named like someone's objects must not do that.
+                raise _not_owned(obj["kind"], meta["name"])
+            if missing_only:
                 continue
         try:
             await api.apply(obj)

@@ -6,10 +6,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .api import (
     ControlAction,
@@ -23,6 +23,11 @@ from .api import (
 )
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+# The largest answer read from a worker: a catalogue of a few thousand plans fits; an endpoint
+# answering without end does not exhaust the operator's memory.
+MAX_RESPONSE = 32 * 1024 * 1024
 
 
 class WorkerUnreachable(Exception):
@@ -102,28 +107,42 @@ class WorkerClient:
             async with self._session.request(
                 method, url, json=body, headers=self._headers(), timeout=self._timeout
             ) as resp:
-                text = await resp.text()
+                raw = await resp.content.read(MAX_RESPONSE + 1)
+                if len(raw) > MAX_RESPONSE:
+                    raise WorkerUnreachable(f"{method} {url}: answer over {MAX_RESPONSE} bytes")
+                text = raw.decode(errors="replace")
         except aiohttp.ClientConnectorError as exc:
             raise WorkerUnreachable(f"{method} {url}: {exc}", connect_failed=True) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise WorkerUnreachable(f"{method} {url}: {exc!r}") from exc
+        if resp.status >= 400 and resp.status not in (404, 409, 422):
+            # The answer's text goes to the log only: an endpoint's words never reach a status.
+            log.debug("%s %s: %s %s", method, url, resp.status, text[:500])
         if resp.status in (401, 403):
-            raise WorkerAuthError(f"{method} {url}: {resp.status} {text[:200]}")
+            raise WorkerAuthError(f"{method} {url}: HTTP {resp.status}")
         if resp.status >= 500:
-            raise WorkerUnreachable(f"{method} {url}: {resp.status} {text[:200]}")
+            raise WorkerUnreachable(f"{method} {url}: HTTP {resp.status}")
         return resp.status, text
+
+    @staticmethod
+    def _parse(model: type[M], path: str, text: str) -> M:
+        try:
+            return model.model_validate_json(text)
+        except ValidationError:
+            log.debug("%s: not a worker's answer: %s", path, text[:500])
+            raise WorkerUnreachable(f"{path}: the answer is not a kubesky worker's") from None
 
     async def state(self) -> WorkerState:
         status, text = await self._call("GET", "/v1/state")
         if status != 200:
-            raise WorkerUnreachable(f"GET /v1/state: {status} {text[:200]}")
-        return WorkerState.model_validate_json(text)
+            raise WorkerUnreachable(f"GET /v1/state: HTTP {status}")
+        return self._parse(WorkerState, "GET /v1/state", text)
 
     async def plans(self) -> PlanCatalogue:
         status, text = await self._call("GET", "/v1/plans")
         if status != 200:
-            raise WorkerUnreachable(f"GET /v1/plans: {status} {text[:200]}")
-        return PlanCatalogue.model_validate_json(text)
+            raise WorkerUnreachable(f"GET /v1/plans: HTTP {status}")
+        return self._parse(PlanCatalogue, "GET /v1/plans", text)
 
     async def submit(self, request: RunRequest) -> SubmitResult:
         status, text = await self._call("POST", "/v1/runs", request.wire())
@@ -136,15 +155,15 @@ class WorkerClient:
         if status in (400, 404, 422):
             errors, detail = parse_error_detail(text)
             return SubmitResult(SubmitOutcome.REJECTED, errors=errors, detail=detail)
-        raise WorkerUnreachable(f"POST /v1/runs: unexpected {status} {text[:200]}")
+        raise WorkerUnreachable(f"POST /v1/runs: unexpected HTTP {status}")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         status, text = await self._call("GET", f"/v1/runs/{run_id}")
         if status == 404:
             return None
         if status != 200:
-            raise WorkerUnreachable(f"GET /v1/runs/{run_id}: {status} {text[:200]}")
-        return RunRecord.model_validate_json(text)
+            raise WorkerUnreachable(f"GET /v1/runs/{run_id}: HTTP {status}")
+        return self._parse(RunRecord, f"GET /v1/runs/{run_id}", text)
 
     async def control(self, run_id: str, action: ControlAction) -> int:
         """Returns the HTTP status: 2xx done, 404 unknown run, 409 not possible in the run's state."""
@@ -157,5 +176,5 @@ class WorkerClient:
         """Ask the worker to reload its plans now (it defers the reload while a run is active)."""
         status, text = await self._call("POST", "/v1/reload")
         if status not in (200, 202):
-            raise WorkerUnreachable(f"POST /v1/reload: {status} {text[:200]}")
-        return ReloadResponse.model_validate_json(text)
+            raise WorkerUnreachable(f"POST /v1/reload: HTTP {status}")
+        return self._parse(ReloadResponse, "POST /v1/reload", text)

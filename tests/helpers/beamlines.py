@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from kubesky_operator.api import GROUP, VERSION
+from kubesky_operator.beamline_policy import SECRET_OPT_IN
 from kubesky_operator.beamline_resources import role
 
 from tests.helpers.operator_process import request_token
@@ -48,7 +49,8 @@ def external_beamline(
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": f"{name}-token", "namespace": namespace},
+        # opted in for Beamlines, as an administrator does (beamline_policy.SECRET_OPT_IN)
+        "metadata": {"name": f"{name}-token", "namespace": namespace, "labels": {SECRET_OPT_IN: "true"}},
         "data": {"token": base64.b64encode(token.encode()).decode()},
     }
     beamline_spec: dict[str, Any] = {

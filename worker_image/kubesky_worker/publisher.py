@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -495,20 +496,28 @@ class Publisher:
             "max_batch_size": max(16384, k.max_request_size - RECORD_OVERHEAD),
             "request_timeout_ms": 30000,
         }
-        if k.ca_file:
+        creds = Path(k.credentials_dir) if k.credentials_dir else None
+        ca_file = k.ca_file
+        username = k.sasl_username
+        password_file = k.sasl_password_file
+        if creds is not None:
+            if (creds / "ca.crt").is_file():
+                ca_file = str(creds / "ca.crt")
+            if (creds / "username").is_file():
+                username = (creds / "username").read_text().strip()
+            if (creds / "password").is_file():
+                password_file = str(creds / "password")
+        if ca_file:
             from aiokafka.helpers import create_ssl_context
 
-            kw["ssl_context"] = create_ssl_context(cafile=k.ca_file)
+            kw["ssl_context"] = create_ssl_context(cafile=ca_file)
             kw["security_protocol"] = "SSL"
-        if k.sasl_username:
-            password = ""
-            if k.sasl_password_file:
-                with open(k.sasl_password_file) as f:
-                    password = f.read().strip()
+        if username:
+            password = Path(password_file).read_text().strip() if password_file else ""
             kw["sasl_mechanism"] = "PLAIN"
-            kw["sasl_plain_username"] = k.sasl_username
+            kw["sasl_plain_username"] = username
             kw["sasl_plain_password"] = password
-            kw["security_protocol"] = "SASL_SSL" if k.ca_file else "SASL_PLAINTEXT"
+            kw["security_protocol"] = "SASL_SSL" if ca_file else "SASL_PLAINTEXT"
         return kw
 
     async def _ensure_producer(self) -> None:

@@ -34,7 +34,11 @@ class WorkerSpec(ApiModel):
     """How the beamline's worker runs: a Deployment the operator manages, or an external endpoint."""
 
     image: str | None = Field(
-        default=None, description="Worker container image; defaults to the operator's configured image."
+        default=None,
+        description=(
+            "Worker container image; defaults to the operator's configured image. Only images the cluster "
+            "administrator allows (that image's repository and chart value worker.allowedImages)."
+        ),
     )
     resources: dict[str, Any] | None = Field(
         default=None, description="Container resources (requests/limits) of the worker, as in a Pod spec."
@@ -42,21 +46,28 @@ class WorkerSpec(ApiModel):
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the worker.")
     service_account_name: str | None = Field(
         default=None,
-        description="ServiceAccount the worker runs as; default one the operator creates with least privilege.",
+        description=(
+            "ServiceAccount the worker runs as; default one the operator creates with least privilege. "
+            "Only accounts the cluster administrator allows (chart value worker.allowedServiceAccounts)."
+        ),
     )
     endpoint: str | None = Field(
         default=None,
-        pattern=r"^https?://",
+        # A base URL only: a path, query or credentials would let the token go to any resource.
+        pattern=r"^https?://[^/?#@\s]+/?$",
+        max_length=2048,
         description=(
-            "URL of an externally run worker (e.g. on a beamline host). When set the operator creates no "
-            "Deployment and dispatches to this URL."
+            "Base URL (scheme://host[:port], no path, query or user info) of an externally run worker "
+            "(e.g. on a beamline host). When set the operator creates no Deployment and dispatches to "
+            "it. The cluster administrator may restrict the hosts."
         ),
     )
     token_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description=(
             "Secret holding the worker API token. Required with endpoint; for an in-cluster worker the "
-            "operator generates one."
+            "operator generates one. The Secret must be opted in by an administrator with the label "
+            "kubesky.io/beamline-usable=true."
         ),
     )
 
@@ -105,7 +116,10 @@ class KafkaSpec(ApiModel):
     )
     credentials_secret: str | None = Field(
         default=None,
-        description="Secret with keys username/password (SASL) and optionally ca.crt for TLS.",
+        description=(
+            "Secret with keys username/password (SASL) and optionally ca.crt for TLS, mounted into the "
+            "worker. It must be opted in by an administrator with the label kubesky.io/beamline-usable=true."
+        ),
     )
     linger_ms: int | None = Field(
         default=None,

@@ -40,6 +40,14 @@ class KafkaConfig(ApiModel):
     sasl_username: str | None = None
     sasl_password_file: str | None = None
     ca_file: str | None = Field(default=None, description="CA bundle; enables TLS.")
+    credentials_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory of a mounted Secret: its files username, password (SASL/PLAIN) and ca.crt (TLS) "
+            "are used when present, over the fields above. Read when connecting: no credential passes "
+            "through the configuration."
+        ),
+    )
     max_request_size: int = Field(default=1048576, ge=1024, description="Largest record the producer sends.")
     linger_ms: int = Field(
         default=250,

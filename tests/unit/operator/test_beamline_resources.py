@@ -23,15 +23,7 @@ SPEC = BeamlineSpec.model_validate(
 
 
 def objs() -> dict[str, dict]:
-    rendered = render_all(
-        "sim",
-        "ns",
-        "uid-1",
-        SPEC,
-        image="img:1",
-        port=8080,
-        kafka_secret_keys={"username": "u", "password": "p"},
-    )
+    rendered = render_all("sim", "ns", "uid-1", SPEC, image="img:1", port=8080)
     return {o["kind"]: o for o in rendered}
 
 
@@ -78,7 +70,8 @@ def test_config_is_a_valid_worker_config() -> None:
     assert cfg.plans.directories == ["/etc/kubesky/plans/sim-plans"]
     assert cfg.plans.modules == ["bluesky.plans"] and cfg.plans.include == ["count"]
     assert cfg.kafka is not None and cfg.kafka.topic == "sim.bluesky.runengine.documents"
-    assert cfg.kafka.sasl_username == "u" and cfg.kafka.sasl_password_file
+    # no credential in the ConfigMap: the worker reads the mounted Secret's files
+    assert cfg.kafka.credentials_dir == "/var/run/kubesky/kafka" and cfg.kafka.sasl_username is None
     # tuned where the Beamline says so, the worker's defaults elsewhere
     assert cfg.kafka.linger_ms == 50
     assert cfg.kafka.max_pending_documents == KafkaConfig.model_fields["max_pending_documents"].default
