@@ -206,7 +206,9 @@ class Engine:
         return run
 
     def _start_metadata(self, run: Run) -> dict[str, Any]:
-        md = dict(run.metadata)
+        # Passed per call, the RunEngine's highest precedence: the Beamline's provenance (its
+        # metadata and name) and kubesky's keys win over a PlanRun's metadata and a plan's md.
+        md = {**run.metadata, **self.config.metadata, "beamline": self.RE.md["beamline"]}
         kubesky: dict[str, Any] = {
             "run_id": run.id,
             "worker": self.worker_name,

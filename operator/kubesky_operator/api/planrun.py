@@ -68,9 +68,9 @@ def may_transition(old: Phase | str | None, new: Phase | str) -> bool:
     return phase_rank(new) >= phase_rank(old)
 
 
-# Start-document keys the RunEngine sets itself (with their types): metadata carrying them fails
-# every run it opens.
-RESERVED_START_KEYS = {"uid": "string", "time": "number"}
+# Start-document keys the RunEngine sets itself (with their types): metadata carrying uid or time
+# fails every run it opens; scan_id would repeat or skip the beamline's scan numbers.
+RESERVED_START_KEYS = {"uid": "string", "time": "number", "scan_id": "integer"}
 
 
 class PlanRunSpec(ApiModel):
