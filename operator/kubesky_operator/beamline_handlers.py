@@ -24,12 +24,18 @@ async def ensure_worker_objects(ctl: Controller, body: kopf.Body) -> list[str]:
         spec = BeamlineSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as exc:
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+    monitor = ctl.ensure_monitor((meta["namespace"], meta["name"]))
     try:
-        return await apply_worker_objects(
+        done = await apply_worker_objects(
             ctl.api, ctl.settings, meta["name"], meta["namespace"], meta["uid"], spec
         )
-    except (NotAllowed, ObjectNotApplied) as exc:
+    except NotAllowed as exc:
+        monitor.refuse_objects(str(exc))  # the Beamline's status says why, naming the field
         raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
+    except ObjectNotApplied as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.retry_after) from exc
+    monitor.refuse_objects(None)
+    return done
 
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:

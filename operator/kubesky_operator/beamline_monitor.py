@@ -58,6 +58,7 @@ class BeamlineMonitor:
         self._plan_set_changed: str | None = None
         self._orphan: str | None = None
         self._refused: list[Refusal] = []
+        self._objects_refused: str | None = None
         self._refused_text: str | None = None
         self._policy_key: tuple[str, int] | None = None
         self._policy_at = 0.0
@@ -77,6 +78,12 @@ class BeamlineMonitor:
 
     def poke(self) -> None:
         self._poke.set()
+
+    def refuse_objects(self, reason: str | None) -> None:
+        """The worker objects were (reason) or are again (None) refused by `apply_worker_objects`."""
+        if reason != self._objects_refused:
+            self._objects_refused = reason
+            self.poke()
 
     def mark_unreachable(self) -> None:
         self.ready = False
@@ -182,11 +189,11 @@ class BeamlineMonitor:
         was_ready = self.ready
         self.error = None
         refused = await self._refusals(bl)
-        if refused:
+        if refused or self._objects_refused:
             # Nothing is read or sent on this Beamline's behalf until it asks only for what is allowed.
             self.ready = False
             self.client = None
-            self.error = describe(refused)
+            self.error = describe(refused) if refused else self._objects_refused
             if was_ready or self._refused_text != self.error:
                 log.warning("beamline %s/%s: not allowed: %s", *self.key, self.error)
             self._refused_text = self.error
