@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -74,21 +75,29 @@ def resource_path(
     return "/".join(parts)
 
 
-def _materialise(path: Any, data: Any, suffix: str) -> str | None:
-    """kopf's ConnectionInfo carries either a file path or base64 data; ssl wants a file."""
+@contextlib.contextmanager
+def _materialised(path: Any, data: Any, suffix: str) -> Iterator[str | None]:
+    """kopf's ConnectionInfo carries either a file path or base64 data; ssl wants a file. Data is
+    written to a private temporary file that is removed as soon as ssl has read it: a private key
+    from a kubeconfig must not stay behind in /tmp."""
     if path:
-        return os.fsdecode(path)
+        yield os.fsdecode(path)
+        return
     if not data:
-        return None
+        yield None
+        return
     raw = data if isinstance(data, bytes) else data.encode()
     try:
         raw = base64.b64decode(raw, validate=True)
     except ValueError:
         pass
-    fd, name = tempfile.mkstemp(prefix="kubesky-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    return name
+    fd, name = tempfile.mkstemp(prefix="kubesky-", suffix=suffix)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        yield name
+    finally:
+        os.unlink(name)
 
 
 class KubeApi:
@@ -121,12 +130,14 @@ class KubeApi:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
-            ca = _materialise(info.ca_path, info.ca_data, ".crt")
-            ctx = ssl.create_default_context(cafile=ca)
-        cert = _materialise(info.certificate_path, info.certificate_data, ".crt")
-        key = _materialise(info.private_key_path, info.private_key_data, ".key")
-        if cert:
-            ctx.load_cert_chain(cert, key)
+            with _materialised(info.ca_path, info.ca_data, ".crt") as ca:
+                ctx = ssl.create_default_context(cafile=ca)
+        with (
+            _materialised(info.certificate_path, info.certificate_data, ".crt") as cert,
+            _materialised(info.private_key_path, info.private_key_data, ".key") as key,
+        ):
+            if cert:
+                ctx.load_cert_chain(cert, key)
         return ctx
 
     def _get_session(self) -> aiohttp.ClientSession:
