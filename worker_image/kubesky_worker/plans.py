@@ -735,7 +735,16 @@ class PlanManager:
             return False, self.current
 
     def changed_on_disk(self) -> bool:
-        return current_hash(self.config) != self.current.hash
+        """True when the files describe another plan set than the one served. When they describe
+        the served one (a broken change rolled back), the errors of the refused set no longer
+        hold: they are reset to the served set's own."""
+        if current_hash(self.config) != self.current.hash:
+            return True
+        with self._lock:
+            if self.load_errors != self.current.errors:
+                log.info("plan sources are back to the plan set served: its load errors only")
+                self.load_errors = list(self.current.errors)
+        return False
 
     def get(self, name: str) -> PlanEntry | None:
         return self.current.plans.get(name)

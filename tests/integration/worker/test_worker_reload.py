@@ -116,3 +116,26 @@ def test_reload_deferred_while_running(tmp_path):
         st = c.get("/v1/state").json()
         assert st["reloadPending"] is False and st["planSetHash"] != h1
         assert httpx.get(f"{w.url}/readyz").status_code == 200
+
+
+def test_any_rollout_sequence_ends_in_the_state_the_files_describe(tmp_path):
+    """broken → rolled back to exactly the served files: the load error used to stay (the files'
+    hash equals the served set's, so nothing reloaded) until some other change."""
+    plans = tmp_path / "plans"
+    project(plans, {"hello.py": HELLO})
+    cfg = sim_config("rollback", plan_dirs=[plans], plan_modules=[], include=[])
+    with worker_process(cfg, tmp_path / "w") as w, w.client() as c:
+        served = c.get("/v1/state").json()["planSetHash"]
+        for step in range(2):
+            project(plans, {"hello.py": HELLO, "broken.py": BROKEN})
+            wait_for(lambda: c.get("/v1/state").json()["loadErrors"], what=f"load error {step}")
+            project(plans, {"hello.py": HELLO})  # the rollback
+            st = wait_for(
+                lambda: not (s := c.get("/v1/state").json())["loadErrors"] and s, what=f"rollback {step}"
+            )
+            assert st["planSetHash"] == served
+        project(plans, {"hello.py": HELLO2})
+        st = wait_for(lambda: (s := c.get("/v1/state").json())["planSetHash"] != served and s, what="fix")
+        assert st["loadErrors"] == [] and "hello_again" in {
+            p["name"] for p in c.get("/v1/plans").json()["plans"]
+        }
