@@ -1,12 +1,18 @@
-"""The worker's HTTP API (FastAPI): /healthz /readyz /metrics and the token-protected /v1 routes."""
+"""The worker's HTTP API (FastAPI): /healthz /readyz /metrics, and the token-protected rest (/v1 and
+its OpenAPI description at /openapi.json)."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from kubesky_operator.api import (
     ControlRequest,
     DeviceCatalogue,
@@ -18,15 +24,15 @@ from kubesky_operator.api import (
     RunRequest,
     WorkerState,
 )
+from kubesky_operator.api.limits import MAX_NESTING, spec_limit_error
 from kubesky_operator.api.worker_api import API_PREFIX
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
+from .auth import RequestGuard
 from .engine import Busy, Conflict, NotFound
 from .plans import ParamError
 from .service import Worker
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 def _error(
@@ -39,17 +45,153 @@ def _json(model: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(model.wire(), status_code=status)
 
 
+class _BodyRefused(HTTPException):
+    """A body that is not a JSON document this API reads. An HTTPException so that FastAPI's body
+    reading lets it through (it answers any other error there with a bare 400)."""
+
+    def __init__(self, status: int, detail: str | list[FieldError]) -> None:
+        super().__init__(status, detail)  # type: ignore[arg-type]
+
+
+def _body_error(loc: str, msg: str, type_: str) -> _BodyRefused:
+    return _BodyRefused(422, [FieldError(loc=[loc], msg=msg, type=type_)])
+
+
+# Strings, brackets and colons of a JSON text, for _too_deep_field.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def _too_deep_field(text: str) -> str:
+    """The top-level key under which `text` nests past MAX_NESTING, found without recursion (for a
+    text json.loads cannot parse); "body" when the excess is under no such key."""
+    depth = 0
+    key = "body"
+    last_string = ""
+    for token in _JSON_TOKEN.finditer(text):
+        t = token.group()
+        if t[0] == '"':
+            last_string = t
+        elif t == ":":
+            if depth == 1:
+                key = json.loads(last_string)
+        elif t in "[{":
+            depth += 1
+            if depth - 1 > MAX_NESTING:  # a field's value is level 1, as in api.limits
+                return key
+        else:
+            depth -= 1
+    return key
+
+
+def _not_a_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(body: bytes) -> Any:
+    """The JSON document in `body`, or _BodyRefused saying what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BodyRefused(
+            400, f"request body is not UTF-8 JSON: byte {body[exc.start]:#04x} at offset {exc.start}"
+        ) from None
+    try:
+        # NaN and Infinity are Python's, not JSON's: refused, as every other JSON reader would
+        return json.loads(text, parse_constant=_not_a_json_constant)
+    except json.JSONDecodeError as exc:
+        raise _body_error(
+            "body", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "json_invalid"
+        ) from None
+    except ValueError as exc:
+        raise _body_error("body", f"not valid JSON: {exc}", "json_invalid") from None
+    except RecursionError:
+        # json.loads recurses per level and gives up near the interpreter's limit (~1,000):
+        # the field is found by a scan that does not recurse
+        raise _body_error(
+            _too_deep_field(text),
+            f"nested too deep to read; at most {MAX_NESTING} levels are allowed",
+            "limit_exceeded",
+        ) from None
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class _JSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = _decode(await self.body())
+        return self._json
+
+
+class _JSONRoute(APIRoute):
+    """Routes whose JSON bodies are read by _decode (FastAPI's own reading answers a non-UTF-8 or
+    too deeply nested body with a bare 400, "There was an error parsing the body"), and which
+    refuse a body that is not JSON (415) rather than validate its bytes as a JSON object."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def handle(request: Request) -> Response:
+            request = _JSONRequest(request.scope, request.receive)
+            content_type = request.headers.get("content-type", "")
+            if takes_body and await request.body() and not _is_json(content_type):
+                raise _BodyRefused(415, f"request body must be application/json, not {content_type!r}")
+            return await handler(request)
+
+        return handle
+
+
+async def _within_limits(request: Request) -> None:
+    """A run's params and metadata over the limits of api.limits are refused naming the field
+    before anything reads them (a dependency runs before the body is validated)."""
+    body = await request.json() if await request.body() else None
+    if not isinstance(body, dict):
+        return  # nothing to check: the body's validation says what is wrong
+    for name in ("params", "metadata"):
+        if name in body and (problem := spec_limit_error(**{name: body[name]})):
+            raise _body_error(name, problem.removeprefix(f"spec.{name}: "), "limit_exceeded")
+
+
+# What each /v1 route may answer besides its success, as described in /openapi.json.
+_ERROR_MODEL: dict[str, Any] = {"model": ErrorResponse}
+_ALWAYS: dict[int | str, dict[str, Any]] = {
+    401: {**_ERROR_MODEL, "description": "Missing or invalid bearer token"},
+    413: {**_ERROR_MODEL, "description": "Request body over maxRequestBytes"},
+}
+_WITH_BODY: dict[int | str, dict[str, Any]] = {
+    **_ALWAYS,
+    400: {**_ERROR_MODEL, "description": "Request body not UTF-8"},
+    415: {**_ERROR_MODEL, "description": "Request body not application/json"},
+    422: {**_ERROR_MODEL, "description": "Invalid request: each bad field named"},
+}
+
+
 def create_app(worker: Worker) -> FastAPI:
     app = FastAPI(title="kubesky worker", version="v1", docs_url=None, redoc_url=None)
     app.state.worker = worker
+    app.add_middleware(RequestGuard, token=worker.token, max_bytes=worker.config.max_request_bytes)
 
-    def require_token(request: Request) -> None:
-        if not worker.token.check(request.headers.get("authorization")):
-            raise _Unauthorized()
+    def authorized(request: Request) -> bool:
+        return worker.token.check(request.headers.get("authorization"))
 
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return _error(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only
+            # (POST for /v1/runs, which GET serves too)
+            methods = {
+                method
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
+                for method in route.methods
+            }
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(methods))}
+        return _error(exc.status_code, exc.detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,18 +225,23 @@ def create_app(worker: Worker) -> FastAPI:
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc))
 
+    # /healthz and /readyz answer anyone (the kubelet has no token): why the worker is unhealthy
+    # or not ready (an exception's text: paths, hosts) is for the token's holder and the log.
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> JSONResponse:
+    async def healthz(request: Request) -> JSONResponse:
         if worker.engine.fatal or (worker.engine.ready.is_set() and not worker.engine.alive):
-            return JSONResponse(
-                {"status": "unhealthy", "reason": worker.engine.fatal or "RunEngine thread ended"}, 503
-            )
+            reason = worker.engine.fatal or "RunEngine thread ended"
+            if not authorized(request):
+                return JSONResponse({"status": "unhealthy"}, 503)
+            return JSONResponse({"status": "unhealthy", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         if worker.ready:
             return JSONResponse({"status": "ready"})
+        if not authorized(request):
+            return JSONResponse({"status": "not ready"}, 503)
         reason = str(worker.engine.start_error) if worker.engine.start_error else "starting"
         return JSONResponse({"status": "not ready", "reason": reason}, 503)
 
@@ -102,7 +249,11 @@ def create_app(worker: Worker) -> FastAPI:
     async def metrics() -> Response:
         return Response(worker.metrics.render(), media_type=worker.metrics.content_type)
 
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    # RequestGuard checks the token; this dependency puts the scheme in /openapi.json.
+    bearer = HTTPBearer(auto_error=False, description="The worker's API token (its Secret).")
+    v1 = APIRouter(
+        prefix=API_PREFIX, dependencies=[Security(bearer)], route_class=_JSONRoute, responses=_ALWAYS
+    )
 
     @v1.get("/state", response_model=WorkerState)
     async def state() -> JSONResponse:
@@ -117,7 +268,17 @@ def create_app(worker: Worker) -> FastAPI:
     async def devices() -> JSONResponse:
         return _json(DeviceCatalogue(devices=worker.engine.devices.catalogue()))
 
-    @v1.post("/runs", status_code=202, response_model=RunRecord)
+    @v1.post(
+        "/runs",
+        status_code=202,
+        response_model=RunRecord,
+        dependencies=[Depends(_within_limits)],
+        responses={
+            **_WITH_BODY,
+            200: {"model": RunRecord, "description": "A run of this id is known: its record"},
+            409: {**_ERROR_MODEL, "description": "Another run is active, or the worker is starting"},
+        },
+    )
     async def create_run(req: RunRequest) -> JSONResponse:
         status, record = worker.submit(req)
         return _json(record, status)
@@ -126,14 +287,26 @@ def create_app(worker: Worker) -> FastAPI:
     async def list_runs() -> JSONResponse:
         return JSONResponse([r.record().wire() for r in worker.history.all()])
 
-    @v1.get("/runs/{run_id}", response_model=RunRecord)
+    @v1.get(
+        "/runs/{run_id}",
+        response_model=RunRecord,
+        responses={404: {**_ERROR_MODEL, "description": "No run of this id"}},
+    )
     async def get_run(run_id: str) -> JSONResponse:
         run = worker.history.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id}")
         return _json(run.record())
 
-    @v1.post("/runs/{run_id}/control", response_model=RunRecord)
+    @v1.post(
+        "/runs/{run_id}/control",
+        response_model=RunRecord,
+        responses={
+            **_WITH_BODY,
+            404: {**_ERROR_MODEL, "description": "No run of this id"},
+            409: {**_ERROR_MODEL, "description": "The run cannot take this action now"},
+        },
+    )
     def control(run_id: str, req: ControlRequest) -> JSONResponse:
         # sync: runs in the threadpool (request_pause waits for the RunEngine's loop to acknowledge)
         run = worker.engine.control(run_id, req.action)

@@ -92,6 +92,14 @@ class WorkerConfig(ApiModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="Merged into every start document.")
     kube: KubeConfig = Field(default_factory=KubeConfig)
     history_size: int = Field(default=200, ge=1, description="Finished runs kept for GET /v1/runs/{id}.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024 * 1024,
+        description=(
+            "Largest HTTP request body the API accepts (413 past it, refused before or while it "
+            "is received). A run request carries params and metadata of up to 256 KiB each."
+        ),
+    )
     worker_name: str | None = Field(default=None, description="Name reported in status.worker; default host.")
 
     @model_validator(mode="after")
