@@ -27,7 +27,7 @@ from kubesky_operator.api import (
 from kubesky_operator.api.limits import MAX_NESTING, spec_limit_error
 from kubesky_operator.api.worker_api import API_PREFIX
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from .auth import RequestGuard
 from .engine import Busy, Conflict, NotFound
@@ -182,13 +182,13 @@ def create_app(worker: Worker) -> FastAPI:
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         headers = exc.headers
         if exc.status_code == 405:
-            # Starlette's Allow names the methods of the first route of the path only
-            # (POST for /v1/runs, which GET serves too)
+            # Starlette's Allow names the methods of one route of the path only (POST for
+            # /v1/runs, which GET serves too), or none for an included router's
             methods = {
                 method
-                for route in app.routes
-                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
-                for method in route.methods
+                for route in [*app.routes, *v1.routes]
+                if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+                for method in route.methods or ()
             }
             headers = {**(headers or {}), "Allow": ", ".join(sorted(methods))}
         return _error(exc.status_code, exc.detail, headers)

@@ -479,3 +479,64 @@ def test_out_of_range_num_points_keeps_status_reporting(worker, api, namespace, 
     running = wait_status(api, pr2, lambda s: s.get("phase") == "Running" and s.get("progress"))
     assert running["progress"]["total"] == 20
     assert wait_status(api, pr2, lambda s: s.get("phase") == "Succeeded")["progress"]["done"] == 20
+
+
+def vm_rss(pid: int) -> int:
+    """Resident memory of a process, bytes (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def upload(w: WorkerProcess, mib: int, headers: dict[str, str], length: bool = True) -> httpx.Response:
+    """POST /v1/runs with a body of `mib` MiB, sent as it is made (never whole in this process)."""
+    chunk = b" " * (1024 * 1024)
+
+    def chunks():
+        for _ in range(mib):
+            yield chunk
+
+    extra = {"Content-Length": str(mib * len(chunk))} if length else {}  # else chunked
+    return httpx.post(
+        f"{w.url}/v1/runs",
+        headers={"Content-Type": "application/json", **extra, **headers},
+        content=chunks(),
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("who", "length"), [("anonymous", True), ("anonymous", False), ("token", True), ("token", False)]
+)
+def test_300_mb_upload_is_refused_unread(worker, who, length):
+    """Without the token a 300 MB body is answered 401 from its headers; with it, 413 past the
+    4 MiB cap (by its Content-Length, or as it streams in). The worker's memory does not grow by the
+    body (it read 300 MB into memory, then parsed it, before it looked at the token)."""
+    headers = worker.headers if who == "token" else {}
+    before = vm_rss(worker.proc.pid)
+    started = time.monotonic()
+    r = upload(worker, 300, headers, length)
+    after = vm_rss(worker.proc.pid)
+    print(
+        f"\n300 MB POST /v1/runs ({who}, {'Content-Length' if length else 'chunked'}): HTTP {r.status_code} "
+        f"in {time.monotonic() - started:.1f} s; worker VmRSS {before / 2**20:.1f} MiB before, "
+        f"{after / 2**20:.1f} MiB after"
+    )
+    if who == "token":
+        assert r.status_code == 413, r.text
+        assert "4194304-byte limit" in r.json()["detail"]
+    else:
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "missing or invalid bearer token"}
+    assert after - before < 50 * 2**20, (before, after)
+    assert httpx.get(f"{worker.url}/v1/state", headers=worker.headers, timeout=30).status_code == 200
+
+
+def test_openapi_description_needs_the_token(worker):
+    assert httpx.get(f"{worker.url}/openapi.json", timeout=30).status_code == 401
+    assert httpx.get(f"{worker.url}/docs", timeout=30).status_code == 401
+    r = httpx.get(f"{worker.url}/openapi.json", headers=worker.headers, timeout=30)
+    assert r.status_code == 200 and "/v1/runs" in r.json()["paths"]
+    assert httpx.get(f"{worker.url}/readyz", timeout=30).json() == {"status": "ready"}
