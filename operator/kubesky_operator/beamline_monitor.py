@@ -158,7 +158,10 @@ class BeamlineMonitor:
             ref = worker.token_secret_ref
             source = (ref.name, ref.key) if ref else None
         else:
-            endpoint = in_cluster_endpoint(bl.name, bl.namespace, self.ctl.settings.worker_port)
+            settings = self.ctl.settings
+            endpoint = in_cluster_endpoint(
+                bl.name, bl.namespace, settings.worker_port, tls=settings.worker_tls
+            )
             source = (token_secret_name(bl.name), TOKEN_KEY)
         now = time.monotonic()
         if source != self._token_source or now - self._token_at > TOKEN_TTL:
@@ -201,11 +204,19 @@ class BeamlineMonitor:
             return
         self._refused_text = None
         endpoint, token = await self._resolve(bl)
-        if self.client is None or self.client.base_url != endpoint.rstrip("/") or self.client.token != token:
-            self.client = WorkerClient(self.ctl.worker_session(), endpoint, token)
         self.endpoint = endpoint
         try:
-            state = await self.client.state()
+            # The worker's certificate is verified before the token goes out (worker_tls).
+            tls = await self.ctl.worker_ssl(bl)
+            client = self.client
+            if (
+                client is None
+                or client.base_url != endpoint.rstrip("/")
+                or client.token != token
+                or client.ssl is not tls
+            ):
+                self.client = client = WorkerClient(self.ctl.worker_session(), endpoint, token, ssl=tls)
+            state = await client.state()
             if state.plan_set_hash != self._plans_hash:
                 catalogue = await self.client.plans()
                 if self._plans_hash is not None:

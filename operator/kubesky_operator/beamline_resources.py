@@ -1,8 +1,9 @@
 """Objects the operator owns for an in-cluster Beamline worker, rendered as plain dicts.
 
 Pure functions: no I/O. `render_all` gives the ConfigMap, ServiceAccount, Role, RoleBinding,
-Deployment and Service (server-side applied); `token_secret` the Secret holding the API token,
-created once and never rewritten (so the token is stable across operator restarts).
+Deployment, Service and NetworkPolicy (server-side applied); `token_secret` the Secret holding the
+API token, created once and never rewritten (so the token is stable across operator restarts);
+`tls_secret` the Secret holding the worker's serving certificate (issued by `worker_tls`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -32,6 +35,10 @@ TOKEN_KEY = "token"
 PLANS_DIR = "/etc/kubesky/plans"
 DEVICES_DIR = "/etc/kubesky/devices"
 KAFKA_CREDS_DIR = "/var/run/kubesky/kafka"
+TLS_DIR = "/var/run/kubesky/tls"
+TLS_CERT_KEY = "tls.crt"  # the keys of a kubernetes.io/tls Secret
+TLS_KEY_KEY = "tls.key"
+TLS_CA_KEY = "ca.crt"
 RUN_AS = 10001
 MANAGED_BY = "kubesky-operator"
 
@@ -59,8 +66,13 @@ def config_map_name(beamline: str) -> str:
     return _dns_name(beamline, "-worker-config")
 
 
-def in_cluster_endpoint(beamline: str, namespace: str, port: int) -> str:
-    return f"http://{worker_name(beamline)}.{namespace}.svc:{port}"
+def tls_secret_name(beamline: str) -> str:
+    return _dns_name(beamline, "-worker-tls")
+
+
+def in_cluster_endpoint(beamline: str, namespace: str, port: int, *, tls: bool = True) -> str:
+    """The worker's API through its Service: https (a certificate naming this host) unless TLS is off."""
+    return f"{'https' if tls else 'http'}://{worker_name(beamline)}.{namespace}.svc:{port}"
 
 
 def labels(beamline: str) -> dict[str, str]:
@@ -112,9 +124,31 @@ def token_secret(beamline: str, namespace: str, uid: str, token: str | None = No
     }
 
 
-def worker_config(beamline: str, spec: BeamlineSpec, *, port: int) -> WorkerConfig:
+def tls_secret(
+    beamline: str, namespace: str, uid: str, *, cert_pem: bytes, key_pem: bytes, ca_pem: bytes
+) -> dict[str, Any]:
+    """The worker's serving certificate and key (and the CA that issued it, for reference)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": _meta(tls_secret_name(beamline), namespace, beamline, uid),
+        "data": tls_secret_data(cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem),
+    }
+
+
+def tls_secret_data(*, cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> dict[str, str]:
+    return {
+        TLS_CERT_KEY: base64.b64encode(cert_pem).decode(),
+        TLS_KEY_KEY: base64.b64encode(key_pem).decode(),
+        TLS_CA_KEY: base64.b64encode(ca_pem).decode(),
+    }
+
+
+def worker_config(beamline: str, spec: BeamlineSpec, *, port: int, tls: bool = True) -> WorkerConfig:
     """The worker's configuration for its in-cluster Deployment (paths as mounted there). Kafka
-    credentials stay in their mounted Secret: the worker reads them from files when it connects."""
+    credentials stay in their mounted Secret: the worker reads them from files when it connects.
+    With `tls`, it serves HTTPS with the certificate of its mounted TLS Secret."""
     kafka = None
     if spec.kafka is not None:
         kafka = KafkaConfig(
@@ -132,6 +166,8 @@ def worker_config(beamline: str, spec: BeamlineSpec, *, port: int) -> WorkerConf
         host="0.0.0.0",
         port=port,
         token_file=f"{TOKEN_DIR}/{TOKEN_KEY}",
+        tls_cert_file=f"{TLS_DIR}/{TLS_CERT_KEY}" if tls else None,
+        tls_key_file=f"{TLS_DIR}/{TLS_KEY_KEY}" if tls else None,
         plans=PlanConfig(
             directories=[f"{PLANS_DIR}/{cm.name}" for cm in spec.plans.config_maps],
             modules=list(spec.plans.modules),
@@ -195,7 +231,8 @@ def role_binding(beamline: str, namespace: str, uid: str, service_account_name: 
     }
 
 
-def service(beamline: str, namespace: str, uid: str, port: int) -> dict[str, Any]:
+def service(beamline: str, namespace: str, uid: str, port: int, *, tls: bool = True) -> dict[str, Any]:
+    # The port keeps its name "http" (PodMonitors select it); appProtocol says what it speaks.
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -203,7 +240,59 @@ def service(beamline: str, namespace: str, uid: str, port: int) -> dict[str, Any
         "spec": {
             "type": "ClusterIP",
             "selector": selector(beamline),
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": "http",
+                    "port": port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "https" if tls else "http",
+                }
+            ],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class WorkerIngress:
+    """Who may reach a worker's API port: the operator's pods, found by their namespace and labels
+    (no operator peer when the namespace is unknown), and extra NetworkPolicy peers."""
+
+    operator_namespace: str | None
+    operator_labels: Mapping[str, str]
+    extra_peers: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+    def peers(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.operator_namespace and self.operator_labels:
+            out.append(
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": self.operator_namespace}
+                    },
+                    "podSelector": {"matchLabels": dict(self.operator_labels)},
+                }
+            )
+        out += [dict(p) for p in self.extra_peers]
+        return out
+
+
+def network_policy(
+    beamline: str, namespace: str, uid: str, port: int, ingress: WorkerIngress
+) -> dict[str, Any]:
+    """Ingress to the worker's pods: its API port (which also serves /metrics) from the peers of
+    `ingress` only; nothing else. Without any peer, nothing at all: a rule with an empty `from`
+    would admit everyone. Egress stays open (Kafka, the apiserver, devices)."""
+    peers = ingress.peers()
+    rules = [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}] if peers else []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "spec": {
+            "podSelector": {"matchLabels": selector(beamline)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
         },
     }
 
@@ -217,6 +306,7 @@ def deployment(
     image: str,
     port: int,
     config: WorkerConfig,
+    tls: bool = True,
 ) -> dict[str, Any]:
     sa = spec.worker.service_account_name or worker_name(beamline)
     config_hash = hashlib.sha256(config_yaml(config).encode()).hexdigest()[:16]
@@ -230,6 +320,21 @@ def deployment(
         {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    if tls:
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": tls_secret_name(beamline),
+                    "defaultMode": 0o440,
+                    "items": [
+                        {"key": TLS_CERT_KEY, "path": TLS_CERT_KEY},
+                        {"key": TLS_KEY_KEY, "path": TLS_KEY_KEY},
+                    ],
+                },
+            }
+        )
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     for i, cm in enumerate(spec.plans.config_maps):
         volumes.append({"name": f"plans-{i}", "configMap": {"name": cm.name}})
         mounts.append({"name": f"plans-{i}", "mountPath": f"{PLANS_DIR}/{cm.name}", "readOnly": True})
@@ -250,7 +355,9 @@ def deployment(
         {"name": "HOME", "value": "/tmp"},
     ]
     env += [{"name": e.name, "value": e.value} for e in spec.worker.env]
-    probe = {"httpGet": {"path": "/healthz", "port": "http"}}
+    # The kubelet probes over HTTPS without verifying the certificate (as it always does).
+    scheme = "HTTPS" if tls else "HTTP"
+    probe = {"httpGet": {"path": "/healthz", "port": "http", "scheme": scheme}}
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.worker.image or image,
@@ -262,7 +369,7 @@ def deployment(
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 60},
         "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "http"},
+            "httpGet": {"path": "/readyz", "port": "http", "scheme": scheme},
             "periodSeconds": 5,
             "timeoutSeconds": 3,
         },
@@ -317,17 +424,21 @@ def render_all(
     *,
     image: str,
     port: int,
+    tls: bool = True,
+    ingress: WorkerIngress | None = None,
 ) -> list[dict[str, Any]]:
-    """Everything but the token Secret, in apply order."""
-    config = worker_config(beamline, spec, port=port)
+    """Everything but the token and TLS Secrets, in apply order: with `ingress`, the NetworkPolicy
+    first (in place before the worker's pod can start)."""
+    config = worker_config(beamline, spec, port=port, tls=tls)
     sa_name = spec.worker.service_account_name or worker_name(beamline)
-    objs = [config_map(beamline, namespace, uid, config)]
+    objs = [network_policy(beamline, namespace, uid, port, ingress)] if ingress is not None else []
+    objs.append(config_map(beamline, namespace, uid, config))
     if not spec.worker.service_account_name:
         objs.append(service_account(beamline, namespace, uid))
     objs += [
         role(beamline, namespace, uid),
         role_binding(beamline, namespace, uid, sa_name),
-        deployment(beamline, namespace, uid, spec, image=image, port=port, config=config),
-        service(beamline, namespace, uid, port),
+        deployment(beamline, namespace, uid, spec, image=image, port=port, config=config, tls=tls),
+        service(beamline, namespace, uid, port, tls=tls),
     ]
     return objs

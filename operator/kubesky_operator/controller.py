@@ -4,26 +4,35 @@ beamline. kopf handlers (planrun_handlers, beamline_handlers) feed it watch even
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import ssl
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
+from . import worker_tls
 from .api import TERMINAL_PHASES, Phase
 from .beamline_monitor import BeamlineMonitor
 from .dispatch import BeamlineDispatcher
 from .events import EventRecorder
 from .gate import DispatchGate
-from .kubeapi import KubeApi
+from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import TRANSITIONS, phase_changed
 from .plan_rollout import PlanRollout
 from .positions import PositionWriter
 from .queue import RunView
 from .settings import OperatorSettings
 from .store import BeamlineKey, BeamlineView, Store
+from .workerclient import WorkerUnreachable
 
 log = logging.getLogger(__name__)
+
+# An external https worker is verified against the CA in this key of its token Secret, if any.
+ENDPOINT_CA_KEY = "ca.crt"
+ENDPOINT_CA_TTL = 60.0  # seconds; as the token, re-read now and then
 
 _WARNING_PHASES = {Phase.FAILED, Phase.ABORTED, Phase.REJECTED}
 
@@ -64,6 +73,7 @@ class Controller:
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
         self.rollout = PlanRollout(self)
         self._worker_session: aiohttp.ClientSession | None = None
+        self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
         # True once kopf has listed every watched kind (it then calls the non-index handlers):
         # from then on, the index handlers wake dispatchers themselves, a few ms sooner.
@@ -77,6 +87,13 @@ class Controller:
         self.started = True
         self.events.recorder.start()
         self.positions.start()
+        s = self.settings
+        if (s.worker_tls or s.worker_network_policy) and not s.operator_namespace:
+            log.warning(
+                "the operator's namespace is unknown (no $POD_NAMESPACE or --operator-namespace): %s%s",
+                f"the workers' CA is kept in {worker_tls.describe_place(s)}; " if s.worker_tls else "",
+                "workers' NetworkPolicies admit no operator pod" if s.worker_network_policy else "",
+            )
 
     async def stop(self) -> None:
         await self.rollout.stop()
@@ -97,6 +114,48 @@ class Controller:
                 headers={"User-Agent": "kubesky-operator"},
             )
         return self._worker_session
+
+    async def worker_ssl(self, bl: BeamlineView) -> ssl.SSLContext | None:
+        """How a Beamline's worker is verified: an in-cluster worker against the operator's CA
+        alone (None with TLS off: plain http); an external https endpoint against the `ca.crt` of
+        its token Secret, else the system's trust store (None for an http endpoint). Raises
+        WorkerUnreachable when that ca.crt holds no certificate."""
+        endpoint = bl.spec.worker.endpoint
+        if not endpoint:
+            if not self.settings.worker_tls:
+                return None
+            try:
+                return (await worker_tls.authority(self.api, self.settings)).client_context()
+            except (worker_tls.CAUnusable, ApiError) as exc:
+                raise WorkerUnreachable(f"no CA to verify the worker with: {exc}") from None
+        if not endpoint.lower().startswith("https://"):
+            return None
+        ref = bl.spec.worker.token_secret_ref
+        try:
+            ca_pem = await self._endpoint_ca(bl.namespace, ref.name) if ref is not None else None
+        except ApiError as exc:
+            raise WorkerUnreachable(f"Secret {ref.name if ref else '?'} cannot be read: {exc}") from None
+        if not ca_pem:
+            return worker_tls.system_context()
+        try:
+            return worker_tls.context_for_ca(ca_pem)
+        except ValueError as exc:
+            raise WorkerUnreachable(
+                f"{ENDPOINT_CA_KEY} of Secret {ref.name if ref else '?'} cannot verify the worker: {exc}"
+            ) from None
+
+    async def _endpoint_ca(self, namespace: str, secret: str) -> bytes | None:
+        key = (namespace, secret)
+        now = time.monotonic()
+        cached = self._endpoint_cas.get(key)
+        if cached is not None and now - cached[0] < ENDPOINT_CA_TTL:
+            return cached[1]
+        # The Secret is the Beamline's token Secret, which beamline_policy has checked is opted in.
+        body = await self.api.get(resource_path("v1", "secrets", namespace, secret))
+        raw = ((body or {}).get("data") or {}).get(ENDPOINT_CA_KEY)
+        pem = base64.b64decode(raw) if raw else None
+        self._endpoint_cas[key] = (now, pem)
+        return pem
 
     # Beamline tasks -------------------------------------------------------------------------
 

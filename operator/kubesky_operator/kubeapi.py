@@ -38,6 +38,7 @@ PLURALS = {
     "Deployment": "deployments",
     "Role": "roles",
     "RoleBinding": "rolebindings",
+    "NetworkPolicy": "networkpolicies",
     "Event": "events",
     "PlanRun": "planruns",
     "Beamline": "beamlines",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -39,6 +41,49 @@ class OperatorSettings(BaseModel):
     allowed_endpoint_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts a Beamline's spec.worker.endpoint may name; empty: any host.",
+    )
+    operator_namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of the operator's pods (default $POD_NAMESPACE): where the workers' CA Secret "
+            "is kept, and whose pods the workers' NetworkPolicies admit."
+        ),
+    )
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kubesky-operator"},
+        min_length=1,
+        description="Labels of the operator's pods, which the workers' NetworkPolicies admit (JSON in the environment).",
+    )
+    worker_tls: bool = Field(
+        default=True,
+        description=(
+            "In-cluster workers serve their API over HTTPS with a certificate from the operator's CA, "
+            "which the operator verifies them with."
+        ),
+    )
+    worker_ca_secret: str = Field(
+        default="kubesky-worker-ca", description="Secret in the operator's namespace holding the workers' CA."
+    )
+    worker_ca_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory holding the workers' CA (ca.crt, ca.key; created if absent) instead of the "
+            "Secret: for an operator run outside a cluster. Neither: a CA in memory."
+        ),
+    )
+    cluster_domain: str = Field(
+        default="cluster.local", description="The cluster's DNS domain, named in workers' certificates."
+    )
+    worker_network_policy: bool = Field(
+        default=True,
+        description=(
+            "A NetworkPolicy with each in-cluster worker admitting only the operator's pods (and "
+            "worker_network_policy_extra_ingress) to its API port."
+        ),
+    )
+    worker_network_policy_extra_ingress: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More NetworkPolicy peers admitted to workers' API port, e.g. Prometheus (JSON in the environment).",
     )
     worker_lost_grace_seconds: float = Field(
         default=6.0, description="How long a worker may be unreachable or forget its run before WorkerLost."
@@ -94,6 +139,19 @@ def parser() -> argparse.ArgumentParser:
         "--liveness", dest="liveness_endpoint", help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz"
     )
     p.add_argument("--worker-image", help="default image of in-cluster workers")
+    p.add_argument(
+        "--operator-namespace",
+        help="the operator's namespace (default $POD_NAMESPACE): the workers' CA Secret, NetworkPolicy peer",
+    )
+    p.add_argument(
+        "--worker-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="in-cluster workers serve HTTPS with a certificate from the operator's CA (default on)",
+    )
+    p.add_argument(
+        "--worker-ca-dir", help="directory of the workers' CA, for an operator run outside a cluster"
+    )
     p.add_argument("--worker-lost-grace", type=float, dest="worker_lost_grace_seconds")
     p.add_argument("--beamline-refresh", type=float, dest="beamline_refresh_seconds")
     p.add_argument("--worker-objects-resync", type=float, dest="worker_objects_resync_seconds")
@@ -111,9 +169,21 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        values[name] = _env_list(raw) if field.annotation == list[str] else raw
+        if field.annotation == list[str]:
+            values[name] = _env_list(raw)
+        elif field.annotation in (dict[str, str], list[dict[str, Any]]):
+            try:
+                values[name] = (
+                    json.loads(raw) if raw.strip() else field.get_default(call_default_factory=True)
+                )
+            except ValueError as exc:
+                raise ValueError(f"${ENV_PREFIX}{name.upper()} is not JSON: {exc}") from None
+        else:
+            values[name] = raw
     if env.get("KUBECONFIG") and "kubeconfig" not in values:
         values["kubeconfig"] = env["KUBECONFIG"]
+    if env.get("POD_NAMESPACE") and "operator_namespace" not in values:
+        values["operator_namespace"] = env["POD_NAMESPACE"]
     for key, value in vars(args).items():
         if key == "verbose":
             if value:

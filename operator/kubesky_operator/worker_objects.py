@@ -6,18 +6,39 @@ an object deleted by hand comes back. Only missing objects are recreated: re-app
 from a momentarily stale view could undo a spec change. The owned objects are not watched,
 because that would take reading every Secret, and a kopf timer would put a finalizer on every
 Beamline. Deleting the token Secret is how a worker's API token is rotated: the next pass creates
-a new one with a new random token."""
+a new one with a new random token.
+
+With `worker_tls` the worker also gets a TLS Secret holding its serving certificate from the
+operator's CA (`worker_tls`): created once, and reissued by any pass (the periodic one too) when it
+is due (30 days before expiry, other host names, or another CA). With `worker_network_policy` a
+NetworkPolicy admits only the operator's pods (and the configured extra peers) to the worker."""
 
 from __future__ import annotations
 
+import base64
+import logging
 from typing import Any
 
+from . import worker_tls
 from .api import BeamlineSpec
 from .beamline_policy import describe, refusals
-from .beamline_resources import render_all, token_secret, token_secret_name, worker_name
+from .beamline_resources import (
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    WorkerIngress,
+    render_all,
+    tls_secret,
+    tls_secret_data,
+    tls_secret_name,
+    token_secret,
+    token_secret_name,
+    worker_name,
+)
 from .kubeapi import PLURALS, ApiError, KubeApi, resource_path
 from .metrics import API_WRITES
 from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 
 class ObjectNotApplied(Exception):
@@ -60,6 +81,65 @@ async def ensure_token_secret(api: KubeApi, name: str, namespace: str, uid: str)
     return True
 
 
+async def ensure_tls_secret(
+    api: KubeApi, settings: OperatorSettings, name: str, namespace: str, uid: str
+) -> str | None:
+    """Create the worker's TLS Secret if it is missing, or reissue its certificate when due.
+    Returns "created", "renewed" or None (nothing to do)."""
+    secret = tls_secret_name(name)
+    path = resource_path("v1", "secrets", namespace, secret)
+    try:
+        ca = await worker_tls.authority(api, settings)
+    except (worker_tls.CAUnusable, ApiError) as exc:
+        raise ObjectNotApplied(f"Secret/{secret}: no CA to issue the worker's certificate: {exc}") from exc
+    dns_names = worker_tls.worker_dns_names(name, namespace, settings.cluster_domain)
+    existing = await api.get(path)
+    if existing is not None:
+        if not _owned(existing, uid):
+            raise _not_owned("Secret", secret)
+        data = existing.get("data") or {}
+        try:
+            cert_pem, key_pem = (base64.b64decode(data.get(k) or "") for k in (TLS_CERT_KEY, TLS_KEY_KEY))
+        except ValueError:
+            cert_pem = key_pem = b""
+        why = ca.renewal_reason(cert_pem, key_pem, dns_names)
+        if why is None:
+            return None
+        cert_pem, key_pem = ca.issue(worker_name(name), dns_names)
+        patch = {"data": tls_secret_data(cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca.cert_pem)}
+        try:
+            await api.merge_patch(path, patch)
+        except ApiError as exc:
+            # The other objects are still applied; the next pass tries again (the certificate is
+            # reissued a month before it expires).
+            log.warning("beamline %s/%s: Secret/%s not reissued (%s): %s", namespace, name, secret, why, exc)
+            return None
+        API_WRITES.labels("secret").inc()
+        log.info("beamline %s/%s: worker certificate reissued (%s)", namespace, name, why)
+        return "renewed"
+    cert_pem, key_pem = ca.issue(worker_name(name), dns_names)
+    body = tls_secret(name, namespace, uid, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca.cert_pem)
+    try:
+        await api.create(resource_path("v1", "secrets", namespace), body)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise ObjectNotApplied(f"Secret/{secret}: {exc}") from exc
+        return None
+    API_WRITES.labels("secret").inc()
+    return "created"
+
+
+def worker_ingress(settings: OperatorSettings) -> WorkerIngress | None:
+    """Who the worker's NetworkPolicy admits, or None when the operator creates none."""
+    if not settings.worker_network_policy:
+        return None
+    return WorkerIngress(
+        operator_namespace=settings.operator_namespace,
+        operator_labels=settings.operator_pod_labels,
+        extra_peers=tuple(settings.worker_network_policy_extra_ingress),
+    )
+
+
 async def apply_worker_objects(
     api: KubeApi,
     settings: OperatorSettings,
@@ -84,8 +164,21 @@ async def apply_worker_objects(
     if refused:
         raise NotAllowed(describe(refused))
     created = await ensure_token_secret(api, name, namespace, uid)
-    objs = render_all(name, namespace, uid, spec, image=settings.worker_image, port=settings.worker_port)
     done = [f"Secret/{token_secret_name(name)}"] if created or not missing_only else []
+    if settings.worker_tls:
+        tls = await ensure_tls_secret(api, settings, name, namespace, uid)
+        if tls == "created" or (tls and not missing_only):
+            done.append(f"Secret/{tls_secret_name(name)}")
+    objs = render_all(
+        name,
+        namespace,
+        uid,
+        spec,
+        image=settings.worker_image,
+        port=settings.worker_port,
+        tls=settings.worker_tls,
+        ingress=worker_ingress(settings),
+    )
     for obj in objs:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], PLURALS[obj["kind"]], meta["namespace"], meta["name"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -90,11 +91,21 @@ def parse_error_detail(text: str) -> tuple[list[FieldError], str]:
 
 
 class WorkerClient:
-    """One worker's API. Cheap to create; shares the operator's aiohttp session."""
+    """One worker's API. Cheap to create; shares the operator's aiohttp session. An https worker's
+    certificate is verified with `ssl` (the operator's CA for in-cluster workers), else with the
+    system's trust store; the token is sent only once it is."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str | None,
+        *,
+        ssl: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.ssl = ssl
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=5, connect=2)
 
@@ -105,7 +116,12 @@ class WorkerClient:
         url = f"{self.base_url}{path}"
         try:
             async with self._session.request(
-                method, url, json=body, headers=self._headers(), timeout=self._timeout
+                method,
+                url,
+                json=body,
+                headers=self._headers(),
+                timeout=self._timeout,
+                ssl=self.ssl if self.ssl is not None else True,
             ) as resp:
                 raw = await resp.content.read(MAX_RESPONSE + 1)
                 if len(raw) > MAX_RESPONSE:

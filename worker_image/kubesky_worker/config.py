@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from pathlib import Path
 
 import yaml
@@ -51,3 +52,22 @@ def load_config(path: str | os.PathLike[str]) -> WorkerConfig:
 
 def worker_name(config: WorkerConfig) -> str:
     return config.worker_name or os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def check_tls(config: WorkerConfig) -> bool:
+    """Whether the API serves HTTPS; ConfigError when its certificate and key cannot be used."""
+    if not config.tls_cert_file:
+        return False
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            config.tls_cert_file, config.tls_key_file
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the TLS certificate or key {exc.filename or ''}: {exc.strerror or exc}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{config.tls_cert_file}, {config.tls_key_file}: not a PEM certificate and its key: {exc}"
+        ) from None
+    return True

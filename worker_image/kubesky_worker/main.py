@@ -4,15 +4,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import socket
+import ssl
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 from .auth import TokenSource
-from .config import ConfigError, load_config
+from .config import ConfigError, check_tls, load_config
 
 log = logging.getLogger("kubesky_worker")
+
+TLS_RELOAD_SECONDS = 10.0  # how often the certificate files are checked for a renewal
+
+
+def _digest(*paths: str) -> str | None:
+    try:
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(Path(p).read_bytes())
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+async def _reload_tls(server: Any, cert_file: str, key_file: str) -> None:
+    """Serve a renewed certificate without a restart: when the files change (the kubelet swaps a
+    mounted Secret's files at once), load them into the server's context, which every new
+    connection's handshake uses. A pair that does not load (read mid-swap) keeps the previous one."""
+    served = _digest(cert_file, key_file)
+    while True:
+        await asyncio.sleep(TLS_RELOAD_SECONDS)
+        current = _digest(cert_file, key_file)
+        context: ssl.SSLContext | None = getattr(server.config, "ssl", None)
+        if current is None or current == served or context is None:
+            continue
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS certificate not reloaded (kept the previous one): %s", exc)
+            continue
+        served = current
+        log.info("TLS certificate reloaded from %s", cert_file)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -52,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.host is not None:
             config.host = args.host
         token = TokenSource.from_config(config)
+        tls = check_tls(config)
     except ConfigError as exc:
         print(f"kubesky-worker: {exc}", file=sys.stderr)
         return 2
@@ -94,15 +131,39 @@ def main(argv: list[str] | None = None) -> int:
 
     server = _Server(
         uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert_file if tls else None,
+            ssl_keyfile=config.tls_key_file if tls else None,
         )
     )
-    print(f"kubesky-worker listening on http://{shown}:{port}", flush=True)
+
+    async def serve() -> None:
+        reloader = None
+        if tls:
+            assert config.tls_cert_file and config.tls_key_file
+            reloader = asyncio.create_task(_reload_tls(server, config.tls_cert_file, config.tls_key_file))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if reloader is not None:
+                reloader.cancel()
+
+    scheme = "https" if tls else "http"
+    print(f"kubesky-worker listening on {scheme}://{shown}:{port}", flush=True)
     log.info(
-        "kubesky-worker %s listening on http://%s:%d (beamline %s)", worker.name, shown, port, config.beamline
+        "kubesky-worker %s listening on %s://%s:%d (beamline %s)",
+        worker.name,
+        scheme,
+        shown,
+        port,
+        config.beamline,
     )
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(serve())
     finally:
         worker.stop()
     return 1 if start_failed.is_set() else 0

@@ -84,6 +84,14 @@ class WorkerConfig(ApiModel):
     token_file: str | None = Field(
         default=None, description="File holding the API bearer token; else $KUBESKY_WORKER_TOKEN."
     )
+    tls_cert_file: str | None = Field(
+        default=None,
+        description=(
+            "PEM certificate (chain) the API serves HTTPS with, together with tls_key_file; re-read "
+            "when it changes (a renewed Secret applies without a restart). Unset: plain HTTP."
+        ),
+    )
+    tls_key_file: str | None = Field(default=None, description="PEM private key of tls_cert_file.")
     plans: PlanConfig = Field(default_factory=PlanConfig)
     devices: DeviceConfig = Field(default_factory=DeviceConfig)
     kafka: KafkaConfig | None = Field(
@@ -101,6 +109,12 @@ class WorkerConfig(ApiModel):
         ),
     )
     worker_name: str | None = Field(default=None, description="Name reported in status.worker; default host.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WorkerConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @model_validator(mode="after")
     def _default_topic(self) -> WorkerConfig:

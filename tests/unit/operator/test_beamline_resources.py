@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+
+import pytest
 import yaml
 from kubesky_operator.api import BeamlineSpec, KafkaConfig, WorkerConfig
 from kubesky_operator.beamline_resources import (
+    WorkerIngress,
     config_map_name,
+    in_cluster_endpoint,
+    network_policy,
     render_all,
+    selector,
+    tls_secret,
+    tls_secret_name,
     token_secret,
     worker_name,
 )
+from kubesky_operator.settings import load
+from kubesky_operator.worker_objects import worker_ingress
 
 SPEC = BeamlineSpec.model_validate(
     {
@@ -103,3 +114,131 @@ def test_long_names_fit_dns_labels() -> None:
 def test_token_secret_random() -> None:
     a, b = token_secret("sim", "ns", "u"), token_secret("sim", "ns", "u")
     assert a["data"]["token"] != b["data"]["token"]
+
+
+# TLS ----------------------------------------------------------------------------------------------
+
+
+def test_tls_by_default_mounts_the_certificate_and_probes_https() -> None:
+    o = objs()
+    pod = o["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["tls"]["secret"] == {
+        "secretName": tls_secret_name("sim"),
+        "defaultMode": 0o440,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }
+    assert {"name": "tls", "mountPath": "/var/run/kubesky/tls", "readOnly": True} in c["volumeMounts"]
+    # The kubelet probes over HTTPS (it does not verify the certificate).
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    cfg = WorkerConfig.model_validate(yaml.safe_load(o["ConfigMap"]["data"]["config.yaml"]))
+    assert cfg.tls_cert_file == "/var/run/kubesky/tls/tls.crt"
+    assert cfg.tls_key_file == "/var/run/kubesky/tls/tls.key"
+    (port,) = o["Service"]["spec"]["ports"]
+    assert port["name"] == "http" and port["appProtocol"] == "https"
+    assert in_cluster_endpoint("sim", "ns", 8080) == "https://sim-worker.ns.svc:8080"
+
+
+def test_tls_off_is_plain_http() -> None:
+    rendered = {o["kind"]: o for o in render_all("sim", "ns", "u", SPEC, image="i", port=8080, tls=False)}
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    assert all(
+        c[p]["httpGet"]["scheme"] == "HTTP" for p in ("startupProbe", "livenessProbe", "readinessProbe")
+    )
+    cfg = WorkerConfig.model_validate(yaml.safe_load(rendered["ConfigMap"]["data"]["config.yaml"]))
+    assert cfg.tls_cert_file is None and cfg.tls_key_file is None
+    assert rendered["Service"]["spec"]["ports"][0]["appProtocol"] == "http"
+    assert in_cluster_endpoint("sim", "ns", 8080, tls=False) == "http://sim-worker.ns.svc:8080"
+
+
+def test_tls_secret() -> None:
+    secret = tls_secret("sim", "ns", "uid-1", cert_pem=b"C", key_pem=b"K", ca_pem=b"A")
+    assert secret["type"] == "kubernetes.io/tls" and secret["metadata"]["name"] == "sim-worker-tls"
+    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == {
+        "tls.crt": b"C",
+        "tls.key": b"K",
+        "ca.crt": b"A",
+    }
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert owner["uid"] == "uid-1" and owner["kind"] == "Beamline"
+    assert len(tls_secret_name("b" * 70)) <= 63
+
+
+def test_worker_config_needs_both_tls_files() -> None:
+    WorkerConfig(beamline="b", tls_cert_file="/c", tls_key_file="/k")
+    with pytest.raises(ValueError, match="go together"):
+        WorkerConfig(beamline="b", tls_cert_file="/c")
+
+
+# NetworkPolicy ------------------------------------------------------------------------------------
+
+OPERATOR_LABELS = {"app.kubernetes.io/name": "kubesky-operator", "app.kubernetes.io/instance": "kubesky"}
+PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def test_network_policy_admits_the_operator_pods_and_extra_peers_to_the_api_port() -> None:
+    ingress = WorkerIngress("kubesky-system", OPERATOR_LABELS, (PROMETHEUS,))
+    policy = network_policy("sim", "lab", "uid-1", 8443, ingress)
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    meta = policy["metadata"]
+    assert meta["name"] == worker_name("sim") and meta["namespace"] == "lab"
+    assert meta["ownerReferences"][0]["uid"] == "uid-1"
+    spec = policy["spec"]
+    # The worker's pods only (the Deployment's selector), ingress only: egress stays open.
+    assert spec["podSelector"] == {"matchLabels": selector("sim")}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}]
+    # One peer: namespace AND pod labels (in one element, both must match).
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubesky-system"}},
+            "podSelector": {"matchLabels": OPERATOR_LABELS},
+        },
+        PROMETHEUS,
+    ]
+
+
+def test_network_policy_without_any_peer_admits_nobody() -> None:
+    """An ingress rule with no `from` admits everyone: without peers, there is no rule at all."""
+    policy = network_policy("sim", "lab", "u", 8080, WorkerIngress(None, OPERATOR_LABELS))
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["policyTypes"] == ["Ingress"]
+    only_extra = network_policy("sim", "lab", "u", 8080, WorkerIngress(None, OPERATOR_LABELS, (PROMETHEUS,)))
+    assert only_extra["spec"]["ingress"][0]["from"] == [PROMETHEUS]
+
+
+def test_render_all_puts_the_network_policy_first() -> None:
+    ingress = WorkerIngress("kubesky-system", OPERATOR_LABELS)
+    kinds = [o["kind"] for o in render_all("sim", "ns", "u", SPEC, image="i", port=8080, ingress=ingress)]
+    assert kinds[0] == "NetworkPolicy" and kinds.index("NetworkPolicy") < kinds.index("Deployment")
+    assert "NetworkPolicy" not in [
+        o["kind"] for o in render_all("sim", "ns", "u", SPEC, image="i", port=8080)
+    ]
+
+
+def test_settings_from_the_charts_environment() -> None:
+    env = {
+        "POD_NAMESPACE": "kubesky-system",
+        "KUBESKY_OPERATOR_POD_LABELS": '{"app.kubernetes.io/name": "kubesky-operator", "app.kubernetes.io/instance": "kubesky"}',
+        "KUBESKY_WORKER_TLS": "true",
+        "KUBESKY_WORKER_NETWORK_POLICY": "true",
+        "KUBESKY_WORKER_NETWORK_POLICY_EXTRA_INGRESS": '[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]',
+    }
+    settings = load([], environ=env)
+    assert settings.operator_namespace == "kubesky-system" and settings.worker_tls
+    assert worker_ingress(settings) == WorkerIngress("kubesky-system", OPERATOR_LABELS, (PROMETHEUS,))
+    off = load(
+        ["--no-worker-tls", "--operator-namespace", "ops"],
+        environ={**env, "KUBESKY_WORKER_NETWORK_POLICY": "false"},
+    )
+    assert not off.worker_tls and off.operator_namespace == "ops" and worker_ingress(off) is None
+    # Defaults: TLS and NetworkPolicies on; the operator's namespace unknown outside a pod.
+    plain = load([], environ={})
+    assert plain.worker_tls and plain.worker_network_policy and plain.operator_namespace is None
+    assert plain.operator_pod_labels == {"app.kubernetes.io/name": "kubesky-operator"}
+    with pytest.raises(ValueError, match="KUBESKY_WORKER_NETWORK_POLICY_EXTRA_INGRESS is not JSON"):
+        load([], environ={"KUBESKY_WORKER_NETWORK_POLICY_EXTRA_INGRESS": "[{"})
