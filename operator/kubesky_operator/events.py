@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 COMPONENT = "kubesky-operator"
 
 
+def _event_base(name: str) -> str:
+    return name[:57].rstrip(".-") or "kubesky"
+
+
 class EventRecorder:
     def __init__(
         self,
@@ -69,7 +73,12 @@ class EventRecorder:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'kubesky')}.", "namespace": namespace},
+            # The apiserver keeps 58 characters of a generateName, but refuses one past 253: a
+            # PlanRun named with 253 characters got no Events at all.
+            "metadata": {
+                "generateName": f"{_event_base(meta.get('name') or 'kubesky')}.",
+                "namespace": namespace,
+            },
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": kind,

@@ -584,3 +584,20 @@ def test_nulls_dropped_by_kubectl_apply_are_rejected_and_null_defaults_are_shown
     props = count["parameters"]["properties"]
     assert "default" in props["md"] and props["md"]["default"] is None, props["md"]
     assert props["num"]["default"] == 1
+
+
+def test_a_planrun_with_the_longest_name_gets_its_events(cluster, api, namespace, operator, beamlines):
+    beamlines("sim")
+    name = ("a" * 62 + ".") * 4  # 252 characters, the longest the apiserver takes is 253
+    name = name[:252] + "z"
+    kubectl_apply(cluster, namespace, planrun_manifest(name, "sim", "count", quick()))
+    wait_phase(api, namespace, name, "Succeeded", timeout=60)
+
+    def reasons():
+        out = cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        ).stdout
+        found = {e["reason"] for e in json.loads(out)["items"]}
+        return found if "Succeeded" in found else None
+
+    assert {"Dispatched", "Succeeded"} <= wait_for("the run's Events", reasons, 30)
