@@ -35,7 +35,8 @@ def render_chart_rbac(
     release: str = "kubesky",
     service_account: str = OPERATOR_SA,
 ) -> str:
-    """The chart's operator RBAC as `helm template` renders it."""
+    """The chart's operator RBAC as `helm template` renders it: a Role in each of `namespaces`, or
+    with None the cluster-wide ClusterRole (clusterWide=true) for an operator watching all."""
     args = [
         "template",
         release,
@@ -49,6 +50,8 @@ def render_chart_rbac(
     ]
     if namespaces:
         args += ["--set", "namespaces={" + ",".join(namespaces) + "}"]
+    else:
+        args += ["--set", "clusterWide=true"]
     return cluster.helm(*args).stdout
 
 
@@ -79,7 +82,8 @@ def operator_identity(
     service_account: str = OPERATOR_SA,
 ) -> Path:
     """Apply the chart's RBAC (as admin) and return a kubeconfig with the operator SA's token.
-    With `namespaces`, the chart grants the namespaced permissions in those namespaces only."""
+    With `namespaces`, the chart grants the namespaced permissions in those namespaces only;
+    without, in all (clusterWide=true), for an operator started without --namespace."""
     cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     rendered = render_chart_rbac(cluster, namespaces, release=release, service_account=service_account)
     cluster.kubectl("apply", "-f", "-", input=rendered)

@@ -634,16 +634,16 @@ class NodeCluster:
         return self.control_plane
 
     def install_chart(self, release_ns: str, beamline_ns: str) -> float:
-        """`helm install` of charts/kubesky as a user runs it (operator watching all namespaces, the
-        NetworkPolicy also in `beamline_ns`), both namespaces enforcing the restricted standard.
-        Returns the seconds until the operator was Ready (helm --wait)."""
+        """`helm install` of charts/kubesky as a user runs it (the operator watching `beamline_ns`,
+        a Role and the NetworkPolicy there; the admission policies on), both namespaces enforcing
+        the restricted standard. Returns the seconds until the operator was Ready (helm --wait)."""
         self.restricted_namespace(release_ns)
         self.restricted_namespace(beamline_ns)
         t0 = time.monotonic()
         self.cp.helm(
             "install", "kubesky", str(REPO_ROOT / "charts" / "kubesky"), "--namespace", release_ns,
             "--wait", "--timeout", "180s",
-            *self.chart_values("--set", f"networkPolicy.extraNamespaces={{{beamline_ns}}}"),
+            *self.chart_values("--set", f"namespaces={{{beamline_ns}}}"),
         )  # fmt: skip
         return time.monotonic() - t0
 

@@ -13,6 +13,7 @@ from typing import Any
 from .beamline import BeamlineSpec
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 def _strict(
@@ -24,6 +25,13 @@ def _strict(
     if description:
         out["description"] = description
     return out
+
+
+def _string_list(description: str, pattern: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "string", "minLength": 1}
+    if pattern:
+        item["pattern"] = pattern
+    return {"type": "array", "items": item, "uniqueItems": True, "description": description}
 
 
 def _image(description: str) -> dict[str, Any]:
@@ -94,9 +102,46 @@ def values_schema() -> dict[str, Any]:
                 "type": "array",
                 "items": {"type": "string", "pattern": DNS_LABEL},
                 "uniqueItems": True,
-                "description": "Watched namespaces; empty: all.",
+                "description": "Watched namespaces, a Role in each; empty: the release namespace only.",
             },
-            "worker": _strict({"image": _image("Default worker image."), "port": port}),
+            "clusterWide": {
+                "type": "boolean",
+                "description": (
+                    "Watch every namespace, with the operator's namespaced permissions in a "
+                    "ClusterRole (namespaces must then be empty)."
+                ),
+            },
+            "worker": _strict(
+                {
+                    "image": _image("Default worker image."),
+                    "port": port,
+                    "tls": _strict(
+                        {"enabled": {"type": "boolean"}},
+                        description="In-cluster workers serve HTTPS with a certificate from the operator's CA.",
+                    ),
+                    "allowedImages": _string_list(
+                        "Images a Beamline may name besides the default worker image's repository: "
+                        "a repository, an exact reference, or a prefix ending in '/'."
+                    ),
+                    "allowedServiceAccounts": _string_list(
+                        "ServiceAccounts a Beamline may run its worker as.", pattern=DNS_SUBDOMAIN
+                    ),
+                    "allowedEndpointHosts": _string_list(
+                        "Hosts an external worker's endpoint may be on; empty: any."
+                    ),
+                }
+            ),
+            "admissionPolicies": _strict(
+                {"enabled": {"type": "boolean"}},
+                description="The chart's ValidatingAdmissionPolicies (Kubernetes 1.30+).",
+            ),
+            "userRoles": _strict(
+                {"create": {"type": "boolean"}},
+                description=(
+                    "The ClusterRoles kubesky-planrun-submitter, kubesky-plan-author and "
+                    "kubesky-beamline-admin."
+                ),
+            ),
             "metrics": _strict(
                 {
                     "serviceMonitor": _strict(

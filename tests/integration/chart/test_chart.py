@@ -75,14 +75,27 @@ def test_default_render(chart_cluster):
         ("CustomResourceDefinition", "planruns.kubesky.io"),
         ("CustomResourceDefinition", "beamlines.kubesky.io"),
         ("ServiceAccount", "kubesky-operator"),
-        ("ClusterRole", "kubesky-operator"),
-        ("ClusterRoleBinding", "kubesky-operator"),
+        ("Role", "kubesky-operator"),
+        ("RoleBinding", "kubesky-operator"),
+        ("ValidatingAdmissionPolicy", "kubesky-operator-pods"),
+        ("ValidatingAdmissionPolicyBinding", "kubesky-operator-pods"),
+        ("ValidatingAdmissionPolicy", "kubesky-worker-planrun-status"),
+        ("ValidatingAdmissionPolicyBinding", "kubesky-worker-planrun-status"),
+        ("ClusterRole", "kubesky-planrun-submitter"),
+        ("ClusterRole", "kubesky-plan-author"),
+        ("ClusterRole", "kubesky-beamline-admin"),
         ("Deployment", "kubesky-operator"),
         ("Service", "kubesky-operator-metrics"),
         ("NetworkPolicy", "kubesky-workers"),
     ]:
         assert expected in got, f"{expected} not rendered; got {sorted(got)}"
     assert not any(k == "ServiceMonitor" for k, _ in got)
+    # By default the operator watches the release namespace only: nothing of it is cluster-wide.
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert ("ClusterRole", "kubesky-operator") not in got
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")} == {
+        "kubesky-system"
+    }
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -126,6 +139,15 @@ def test_full_values_render_everything(chart_cluster):
         "args"
     ]
     assert "--namespace=beamlines" in args and "--namespace=lab" in args
+    env = {
+        e["name"]: e.get("value")
+        for e in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]["env"]
+    }
+    assert env["KUBESKY_ALLOWED_WORKER_IMAGES"] == "registry.example.org/i22/worker,registry.example.org/lab/"
+    assert env["KUBESKY_ALLOWED_WORKER_SERVICE_ACCOUNTS"] == "i22-instrument"
+    assert env["KUBESKY_ALLOWED_ENDPOINT_HOSTS"] == "i22-ws1.example.org,lab-bench.example.org"
 
 
 def test_helm_install_creates_the_objects(chart_cluster):
@@ -152,8 +174,16 @@ def test_helm_install_creates_the_objects(chart_cluster):
         custom = client.CustomObjectsApi(admin)
         core = client.CoreV1Api(admin)
         assert apps.read_namespaced_deployment(f"{release}-operator", "kubesky-system").spec.replicas == 1
-        assert rbac.read_cluster_role(f"{release}-operator").rules
-        assert rbac.read_namespaced_role(f"{release}-operator", "beamlines").rules
+        for ns in ("beamlines", "lab"):
+            assert rbac.read_namespaced_role(f"{release}-operator", ns).rules
+        with pytest.raises(ApiException) as err:  # nothing cluster-wide for the operator
+            rbac.read_cluster_role(f"{release}-operator")
+        assert err.value.status == 404
+        assert rbac.read_cluster_role("kubesky-plan-author").rules
+        admission = client.AdmissionregistrationV1Api(admin)
+        assert admission.read_validating_admission_policy(f"{release}-operator-pods").spec.validations
+        binding = admission.read_validating_admission_policy_binding(f"{release}-worker-planrun-status")
+        assert binding.spec.validation_actions == ["Deny"]
         bl = custom.get_namespaced_custom_object("kubesky.io", "v1alpha1", "beamlines", "beamlines", "i22")
         assert bl["spec"]["kafka"]["topic"] == "i22.bluesky.runengine.documents"
         assert "saxs_count" in core.read_namespaced_config_map("i22-plans", "beamlines").data["saxs_plans.py"]
@@ -179,6 +209,12 @@ def test_helm_install_creates_the_objects(chart_cluster):
         ),
         ({"beamlines": [{"name": "I 22"}]}, "at '/beamlines/0/name'"),
         ({"namespaces": "beamlines"}, "at '/namespaces'"),
+        (
+            {"clusterWide": True, "namespaces": ["beamlines"]},
+            "clusterWide: true watches every namespace: leave namespaces empty (it lists beamlines)",
+        ),
+        ({"worker": {"allowedServiceAccounts": ["Not A Name"]}}, "at '/worker/allowedServiceAccounts/0'"),
+        ({"admissionPolicies": {"enabled": "yes"}}, "at '/admissionPolicies/enabled'"),
         ({"operator": {"replicas": 2}}, "at '/operator/replicas': maximum: got 2, want 1"),
         ({"operatr": {"replicas": 1}}, "additional properties 'operatr' not allowed"),
         (
@@ -200,6 +236,9 @@ def test_helm_install_creates_the_objects(chart_cluster):
         "unknown-spec-key",
         "bad-name",
         "namespaces-not-list",
+        "cluster-wide-and-namespaces",
+        "bad-allowed-service-account",
+        "admission-policies-not-boolean",
         "two-operators",
         "unknown-top-level-key",
         "bad-plan-file-name",

@@ -117,7 +117,9 @@ def test_install_creates_crds_and_objects(installed: Installed):
     assert pod.containers[0].security_context.read_only_root_filesystem is True
     core.read_namespaced_service_account(OPERATOR_SA, RELEASE_NS)
     core.read_namespaced_service(f"{RELEASE}-operator-metrics", RELEASE_NS)
-    rbac.read_cluster_role(f"{RELEASE}-operator")
+    with pytest.raises(ApiException) as err:  # nothing of the operator's is cluster-wide
+        rbac.read_cluster_role(f"{RELEASE}-operator")
+    assert err.value.status == 404
     for ns in WATCHED:
         rbac.read_namespaced_role_binding(f"{RELEASE}-operator", ns)
         client.NetworkingV1Api(admin).read_namespaced_network_policy("kubesky-workers", ns)
@@ -166,13 +168,13 @@ OPERATOR_MAY = [
     ("watch", "planruns.kubesky.io", "beamlines"),
     ("patch", "planruns.kubesky.io/status", "lab"),
     ("patch", "beamlines.kubesky.io/status", "beamlines"),
-    ("update", "planruns.kubesky.io/finalizers", "beamlines"),
+    ("update", "beamlines.kubesky.io/finalizers", "beamlines"),
     ("get", "secrets", "beamlines"),
+    ("create", "secrets", "lab"),
     ("create", "deployments.apps", "beamlines"),
     ("create", "roles.rbac.authorization.k8s.io", "beamlines"),
     ("patch", "pods", "lab"),
     ("create", "events", "lab"),
-    ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
 ]
 # And what it must not hold.
 OPERATOR_MAY_NOT = [
@@ -180,6 +182,16 @@ OPERATOR_MAY_NOT = [
     ("get", "planruns.kubesky.io", ELSEWHERE),
     ("create", "deployments.apps", ELSEWHERE),
     ("list", "secrets", "beamlines"),  # it reads the Secrets it names, never lists them all
+    ("watch", "secrets", "beamlines"),
+    ("update", "secrets", "beamlines"),
+    ("delete", "secrets", "beamlines"),
+    ("list", "secrets", RELEASE_NS),
+    ("list", "planruns.kubesky.io", RELEASE_NS),  # the release namespace is not watched
+    ("update", "deployments.apps", "beamlines"),  # server-side apply is a patch
+    ("delete", "configmaps", "beamlines"),
+    ("delete", "pods", "beamlines"),
+    ("update", "planruns.kubesky.io/finalizers", "beamlines"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", None),  # kopf, given namespaces
     ("create", "pods", "beamlines"),
     ("create", "pods/exec", "beamlines"),
     ("delete", "planruns.kubesky.io", "beamlines"),  # PlanRuns are the user's
@@ -208,6 +220,19 @@ def test_operator_service_account_least_privilege(installed: Installed, tmp_path
 
     assert [c for c in OPERATOR_MAY if not ask(*c)] == [], "the operator lacks what it needs"
     assert [c for c in OPERATOR_MAY_NOT if ask(*c)] == [], "the operator holds more than it needs"
+    # In the release namespace, which it does not watch: the workers' CA Secret, by name only.
+    for secret, answer in (("kubesky-worker-ca", "yes"), ("other", "no")):
+        out = kc.kubectl(
+            "auth",
+            "can-i",
+            "get",
+            f"secrets/{secret}",
+            "-n",
+            RELEASE_NS,
+            kubeconfig=as_operator_kc,
+            check=False,
+        )
+        assert out.stdout.strip() == answer, (secret, out.stdout, out.stderr)
 
     # The same with real calls, under the token.
     as_operator = kc.api_client(as_operator_kc)
@@ -336,9 +361,16 @@ def test_uninstall_keeps_the_crds(installed: Installed):
     with pytest.raises(ApiException) as err:
         client.AppsV1Api(admin).read_namespaced_deployment(f"{RELEASE}-operator", RELEASE_NS)
     assert err.value.status == 404
-    with pytest.raises(ApiException) as err:
-        client.RbacAuthorizationV1Api(admin).read_cluster_role(f"{RELEASE}-operator")
-    assert err.value.status == 404
+    for read in (
+        lambda: client.RbacAuthorizationV1Api(admin).read_namespaced_role(f"{RELEASE}-operator", "lab"),
+        lambda: client.AdmissionregistrationV1Api(admin).read_validating_admission_policy(
+            f"{RELEASE}-operator-pods"
+        ),
+        lambda: client.RbacAuthorizationV1Api(admin).read_cluster_role("kubesky-plan-author"),
+    ):
+        with pytest.raises(ApiException) as err:
+            read()
+        assert err.value.status == 404
     assert kc.kubectl("get", "crd", *CRDS).returncode == 0
     assert client.CustomObjectsApi(admin).get_namespaced_custom_object(
         GROUP, VERSION, "lab", "planruns", "record"

@@ -76,7 +76,17 @@ def test_selectors_and_ports_wire_up(cluster, extra):
     for probe in ("livenessProbe", "readinessProbe"):
         get = container[probe]["httpGet"]
         assert get["port"] == "health" and get["path"] == "/healthz"
-    assert pod["spec"]["serviceAccountName"] == one(docs, "ClusterRoleBinding")["subjects"][0]["name"]
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert bindings and all(
+        b["subjects"]
+        == [{"kind": "ServiceAccount", "name": pod["spec"]["serviceAccountName"], "namespace": RELEASE_NS}]
+        for b in bindings
+    )
+    # The admission policy that narrows the operator's pod patches names that ServiceAccount.
+    (condition,) = one(docs, "ValidatingAdmissionPolicy", "kubesky-operator-pods")["spec"]["matchConditions"]
+    assert (
+        f"'system:serviceaccount:{RELEASE_NS}:{pod['spec']['serviceAccountName']}'" in condition["expression"]
+    )
 
     service = one(docs, "Service", "kubesky-operator-metrics")
     assert selects(service["spec"]["selector"], pod_labels)
@@ -142,24 +152,61 @@ def test_worker_port_reaches_operator_and_policy(cluster):
 def test_watched_namespaces(cluster):
     docs = render(cluster, "--set", "namespaces={beamlines,lab}")
     assert operator_settings(one(docs, "Deployment")).namespaces == ["beamlines", "lab"]
-    cluster_role = one(docs, "ClusterRole")
-    # Cluster-wide: only reading the CRDs; the namespaced rules are in a Role per namespace.
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    # Nothing of the operator is cluster-wide: its rules are in a Role per namespace (kopf, given
+    # namespaces, does not follow the CRDs).
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == set(USER_ROLES)
     for ns in ("beamlines", "lab"):
         assert one(docs, "Role", namespace=ns)["rules"]
         assert one(docs, "RoleBinding", namespace=ns)["subjects"][0]["namespace"] == RELEASE_NS
         one(docs, "NetworkPolicy", namespace=ns)
     assert not [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == RELEASE_NS]
+    # The release namespace, not watched, holds only the workers' CA Secret for the operator.
+    ca = one(docs, "Role", "kubesky-operator-worker-ca", RELEASE_NS)
+    assert granted(ca["rules"]) == {("secrets", "get"), ("secrets", "create")}
+    assert ca["rules"][0]["resourceNames"] == ["kubesky-worker-ca"]
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "kubesky-worker-planrun-status")
+    (expr,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["beamlines", "lab"]}
 
-    everywhere = render(cluster)
-    assert operator_settings(one(everywhere, "Deployment")).namespaces == []
-    assert not [d for d in everywhere if d["kind"] in ("Role", "RoleBinding")]
-    assert any("secrets" in r["resources"] for r in one(everywhere, "ClusterRole")["rules"])
-
+    # By default: the release namespace only.
+    default = render(cluster)
+    assert operator_settings(one(default, "Deployment")).namespaces == [RELEASE_NS]
+    assert one(default, "Role", namespace=RELEASE_NS)["rules"]
+    assert not [
+        d
+        for d in default
+        if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["namespace"] != RELEASE_NS
+    ]
+    one(default, "NetworkPolicy", namespace=RELEASE_NS)
+    assert not [d for d in default if d["metadata"]["name"] == "kubesky-operator-worker-ca"]
     (monitor,) = [
         d for d in render(cluster, "--set", "metrics.podMonitor.enabled=true") if d["kind"] == "PodMonitor"
     ]
-    assert monitor["spec"]["namespaceSelector"] == {"any": True}  # all namespaces watched
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NS]}
+
+    # clusterWide: one ClusterRole holding the same rules plus following the CRDs, no --namespace.
+    everywhere = render(cluster, "--set", "clusterWide=true")
+    assert operator_settings(one(everywhere, "Deployment")).namespaces == []
+    assert not [d for d in everywhere if d["kind"] in ("Role", "RoleBinding")]
+    cluster_role = one(everywhere, "ClusterRole", "kubesky-operator")
+    assert cluster_role["rules"][0] == {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    }
+    assert cluster_role["rules"][1:] == one(default, "Role", namespace=RELEASE_NS)["rules"]
+    assert one(everywhere, "ClusterRoleBinding", "kubesky-operator")["roleRef"]["name"] == "kubesky-operator"
+    assert (
+        "matchResources"
+        not in one(everywhere, "ValidatingAdmissionPolicyBinding", "kubesky-worker-planrun-status")["spec"]
+    )
+    (monitor,) = [
+        d
+        for d in render(cluster, "--set", "clusterWide=true", "--set", "metrics.podMonitor.enabled=true")
+        if d["kind"] == "PodMonitor"
+    ]
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
 
     extra = render(cluster, "--set", "networkPolicy.extraNamespaces={bl-a,bl-b}")
     assert {d["metadata"]["namespace"] for d in extra if d["kind"] == "NetworkPolicy"} == {
@@ -170,6 +217,102 @@ def test_watched_namespaces(cluster):
     assert not [
         d for d in render(cluster, "--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"
     ]
+
+
+USER_ROLES = ["kubesky-planrun-submitter", "kubesky-plan-author", "kubesky-beamline-admin"]
+RBAC_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+
+
+def granted(rules: list[Doc]) -> set[tuple[str, str]]:
+    """(resource, verb) pairs, apiGroup-qualified like kubectl: "deployments.apps", "planruns.kubesky.io/status"."""
+    out = set()
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                base, slash, sub = resource.partition("/")
+                for verb in rule["verbs"]:
+                    out.add((f"{base}.{group}{slash}{sub}" if group else resource, verb))
+    return out
+
+
+# Exactly the calls the operator makes (grep kubeapi.KubeApi's callers and kopf's handlers), and
+# those of the NetworkPolicy and TLS Secret per worker it is about to manage.
+OPERATOR_GRANTS = {
+    *{("planruns.kubesky.io", v) for v in ("get", "list", "watch", "patch")},
+    *{("beamlines.kubesky.io", v) for v in ("list", "watch", "patch")},
+    ("planruns.kubesky.io/status", "get"),
+    ("planruns.kubesky.io/status", "patch"),
+    ("beamlines.kubesky.io/status", "patch"),
+    ("beamlines.kubesky.io/finalizers", "update"),
+    ("events", "create"),
+    ("secrets", "get"),
+    ("secrets", "create"),
+    ("secrets", "patch"),
+    *{("serviceaccounts", v) for v in ("get", "create", "patch")},
+    *{("roles.rbac.authorization.k8s.io", v) for v in ("get", "create", "patch")},
+    *{("rolebindings.rbac.authorization.k8s.io", v) for v in ("get", "create", "patch")},
+    *{("configmaps", v) for v in ("get", "list", "watch", "create", "patch")},
+    *{("deployments.apps", v) for v in ("get", "create", "patch", "delete")},
+    *{("services", v) for v in ("get", "create", "patch", "delete")},
+    *{("networkpolicies.networking.k8s.io", v) for v in ("get", "create", "patch", "delete")},
+    ("pods", "list"),
+    ("pods", "patch"),
+}
+
+
+def test_operator_rules_are_exactly_its_calls(cluster):
+    role = one(render(cluster), "Role", "kubesky-operator", RELEASE_NS)
+    assert granted(role["rules"]) == OPERATOR_GRANTS
+    assert not {v for _, v in OPERATOR_GRANTS} - RBAC_VERBS  # no wildcard, no escalate/bind/impersonate
+
+
+def test_user_roles(cluster):
+    docs = render(cluster)
+    roles = {name: granted(one(docs, "ClusterRole", name)["rules"]) for name in USER_ROLES}
+    read = {"get", "list", "watch"}
+    write = {"create", "update", "patch", "delete"}
+    planruns = {("planruns.kubesky.io", v) for v in read | write}
+    assert roles["kubesky-planrun-submitter"] == planruns | {("beamlines.kubesky.io", v) for v in read}
+    assert roles["kubesky-plan-author"] == roles["kubesky-planrun-submitter"] | {
+        ("configmaps", v) for v in read | write
+    }
+    assert roles["kubesky-beamline-admin"] == roles["kubesky-plan-author"] | {
+        ("beamlines.kubesky.io", v) for v in write
+    }
+    for rules in roles.values():  # no status (the operator's and workers'), no Secret, no wildcard
+        assert all(r.partition("/")[2] == "" and r != "secrets" and "*" not in r + v for r, v in rules)
+    for doc in docs:  # aggregation-free: whole as written
+        if doc["kind"] == "ClusterRole":
+            assert "aggregationRule" not in doc and not any(
+                k.startswith("rbac.authorization.k8s.io/aggregate") for k in doc["metadata"]["labels"]
+            )
+    assert not [d for d in render(cluster, "--set", "userRoles.create=false") if d["kind"] == "ClusterRole"]
+
+
+def test_admission_policies_can_be_turned_off(cluster):
+    kinds = {d["kind"] for d in render(cluster)}
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+    off = {d["kind"] for d in render(cluster, "--set", "admissionPolicies.enabled=false")}
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & off
+
+
+def test_allow_lists_reach_the_operator(cluster):
+    docs = render(
+        cluster,
+        "--set",
+        "worker.allowedImages={registry.example.org/i22/worker,registry.example.org/lab/}",
+        "--set",
+        "worker.allowedServiceAccounts={i22-instrument}",
+        "--set",
+        "worker.allowedEndpointHosts={i22-ws1.example.org}",
+    )
+    settings = operator_settings(one(docs, "Deployment"))
+    assert settings.allowed_worker_images == ["registry.example.org/i22/worker", "registry.example.org/lab/"]
+    assert settings.allowed_worker_service_accounts == ["i22-instrument"]
+    assert settings.allowed_endpoint_hosts == ["i22-ws1.example.org"]
+    default = operator_settings(one(render(cluster), "Deployment"))
+    assert default.allowed_worker_images == default.allowed_worker_service_accounts == []
+    assert default.allowed_endpoint_hosts == []
 
 
 # Plan sources whose bytes a naive block-scalar template would change: leading indentation,
