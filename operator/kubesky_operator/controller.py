@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # An external https worker is verified against the CA in this key of its token Secret, if any.
 ENDPOINT_CA_KEY = "ca.crt"
-ENDPOINT_CA_TTL = 60.0  # seconds; as the token, re-read now and then
+ENDPOINT_CA_TTL = 15.0  # seconds: a CA an administrator puts in the Secret applies soon
 
 _WARNING_PHASES = {Phase.FAILED, Phase.ABORTED, Phase.REJECTED}
 

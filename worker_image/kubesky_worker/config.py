@@ -62,12 +62,12 @@ def check_tls(config: WorkerConfig) -> bool:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
             config.tls_cert_file, config.tls_key_file
         )
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the TLS certificate or key {exc.filename or ''}: {exc.strerror or exc}"
-        ) from None
     except ssl.SSLError as exc:
         raise ConfigError(
             f"{config.tls_cert_file}, {config.tls_key_file}: not a PEM certificate and its key: {exc}"
+        ) from None
+    except OSError as exc:  # after ssl.SSLError, which is one
+        raise ConfigError(
+            f"cannot read the TLS certificate or key {exc.filename or ''}: {exc.strerror or exc}"
         ) from None
     return True

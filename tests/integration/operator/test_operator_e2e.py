@@ -465,7 +465,7 @@ def test_in_cluster_beamline_objects(cluster, api, namespace, operator):
         return st if st.get("phase") == "Progressing" else None
 
     st = wait_for("Beamline Progressing", progressing, 20)
-    assert st["endpoint"] == f"http://insitu-worker.{namespace}.svc:8080"
+    assert st["endpoint"] == f"https://insitu-worker.{namespace}.svc:8080"
     # The garbage collector removes the owned objects with the Beamline.
     cluster.kubectl("delete", "beamline", "insitu", "-n", namespace, "--wait=true", "--timeout=30s")
     wait_for(

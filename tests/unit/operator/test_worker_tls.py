@@ -4,6 +4,7 @@ is kept."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import ssl
@@ -309,3 +310,52 @@ async def test_tls_secret_of_someone_else_is_not_taken_over() -> None:
     with pytest.raises(NotAllowed, match="does not belong to this Beamline"):
         await ensure_tls_secret(api, OperatorSettings(), "sim", "lab", "uid-1")  # type: ignore[arg-type]
     assert [c[0] for c in api.calls] == ["GET"]
+
+
+# The token goes out only to a verified worker -----------------------------------------------------
+
+
+def _recording_server(cert_pem: bytes, key_pem: bytes, tmp_path: Path) -> tuple[int, list[bytes]]:
+    """A TLS server on 127.0.0.1 that records what it receives after the handshake."""
+    (tmp_path / "s.crt").write_bytes(cert_pem)
+    (tmp_path / "s.key").write_bytes(key_pem)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "s.crt", tmp_path / "s.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            try:
+                with server.wrap_socket(conn, server_side=True) as tls:
+                    received.append(tls.recv(65536))
+                    tls.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            except (ssl.SSLError, OSError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], received
+
+
+async def test_the_token_goes_only_to_a_worker_whose_certificate_verifies(tmp_path) -> None:
+    import aiohttp
+    from kubesky_operator.workerclient import WorkerClient, WorkerUnreachable
+
+    ca = CertificateAuthority.generate()
+    cert_pem, key_pem = ca.issue("localhost", ["localhost"])
+    async with aiohttp.ClientSession() as session:
+        # The system's trust store does not know the CA: the handshake fails, nothing is sent.
+        port, received = _recording_server(cert_pem, key_pem, tmp_path)
+        client = WorkerClient(session, f"https://localhost:{port}", "s3cret")
+        with pytest.raises(WorkerUnreachable) as refused:
+            await client.state()
+        assert refused.value.connect_failed and "certificate verify failed" in str(refused.value)
+        await asyncio.sleep(0.2)
+        assert received == []
+        # The same, verified against the CA: the request (and the token) goes through.
+        port, received = _recording_server(cert_pem, key_pem, tmp_path)
+        client = WorkerClient(session, f"https://localhost:{port}", "s3cret", ssl=ca.client_context())
+        with pytest.raises(WorkerUnreachable, match="HTTP 503"):
+            await client.state()
+        assert b"Authorization: Bearer s3cret" in received[0]
