@@ -90,3 +90,20 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append((f"service logs: {type(svc).__name__}", svc.log_tails()))
             except Exception as exc:  # the report must never fail because a log is missing
                 report.sections.append((f"service logs: {type(svc).__name__}", f"unavailable: {exc}"))
+
+
+# Hypothesis profiles. "default" keeps the generated tests (tests/integration/operator/
+# test_fuzz_planruns.py: each example a batch of PlanRuns through the real services) to about two
+# minutes in `make test`; KUBESKY_FUZZ=soak runs many more. Failing examples are kept outside the
+# checkout, so a later run tries them first.
+import os  # noqa: E402
+
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
+
+from tests.infra.services import CACHE as _CACHE  # noqa: E402
+
+_examples = DirectoryBasedExampleDatabase(str(_CACHE / "hypothesis"))
+_hypothesis_settings.register_profile("default", max_examples=12, deadline=None, database=_examples)
+_hypothesis_settings.register_profile("soak", max_examples=400, deadline=None, database=_examples)
+_hypothesis_settings.load_profile("soak" if os.environ.get("KUBESKY_FUZZ") == "soak" else "default")
