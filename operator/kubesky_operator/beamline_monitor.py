@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .api import (
     API_VERSION,
+    DOCUMENTS_DELIVERED,
     PLANS_LOADED,
     WORKER_READY,
     BeamlineStatus,
@@ -317,6 +318,7 @@ class BeamlineMonitor:
                 f"{len(self._plans)} plans",
                 gen,
             )
+        conditions = self._delivery_condition(conditions, gen)
         if bl.spec_error or self._refused_text is not None:
             phase = "Degraded"
         elif bl.spec.suspend:
@@ -338,6 +340,27 @@ class BeamlineMonitor:
             queue_length=dispatcher.queue_length if dispatcher else 0,
             observed_generation=bl.generation,
         )
+
+    def _delivery_condition(self, conditions: list[Condition], gen: int | None) -> list[Condition]:
+        """DocumentsDelivered from the worker's state: False while documents wait for Kafka."""
+        d = self.state.delivery if self.state is not None and self.ready else None
+        if d is not None:
+            text = f"{d.pending} documents wait for Kafka since {d.since.isoformat()}"
+            text += f": {d.error}" if d.error else ""
+            reason = "KafkaUnavailable" if d.error else "WaitingForKafka"
+            return set_condition(
+                conditions, DOCUMENTS_DELIVERED, ConditionStatus.FALSE, reason, text[:2000], gen
+            )
+        if self.ready and any(c.type == DOCUMENTS_DELIVERED for c in conditions):
+            return set_condition(
+                conditions,
+                DOCUMENTS_DELIVERED,
+                ConditionStatus.TRUE,
+                "Delivered",
+                "Kafka takes documents",
+                gen,
+            )
+        return conditions
 
     async def write_status(self, bl: BeamlineView) -> None:
         wanted = self._status(bl).wire()

@@ -8,6 +8,7 @@ A paused run parks the thread on a control queue until resume, stop or abort arr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import queue
@@ -257,8 +258,17 @@ class Engine:
         # drop control requests that arrived too late
         while not self._ctl.empty():
             self._ctl.get_nowait()
-        # a run is terminal only once Kafka holds all its documents
-        self.publisher.finish(run).result()
+        # a run is terminal only once Kafka holds all its documents; waiting for them is the
+        # RunEngine waiting for Kafka, as under back-pressure
+        delivered = self.publisher.finish(run)
+        try:
+            delivered.result(timeout=1.0)
+        except concurrent.futures.TimeoutError:
+            self.metrics.publish_blocked.set(1)
+            try:
+                delivered.result()
+            finally:
+                self.metrics.publish_blocked.set(0)
         self._doc_run = None
         phase, reason, message = self._outcome(run, error)
         run.set_phase(phase, reason, message)
@@ -433,4 +443,5 @@ class Engine:
             load_errors=list(self.plans.load_errors) + list(self.device_errors),
             reload_pending=self.reload_pending,
             worker=self.worker_name,
+            delivery=self.publisher.delivery,
         )

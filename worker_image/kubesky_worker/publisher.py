@@ -22,18 +22,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import msgpack_numpy as mpn
-from kubesky_operator.api import KafkaConfig
+from kubesky_operator.api import Delivery, KafkaConfig
 
+from .logs import limit_library_logs
 from .metrics import Metrics
 from .runs import Run
 
 log = logging.getLogger(__name__)
 
+STALL_SECONDS = 3.0  # documents unacknowledged this long are reported as waiting for Kafka
 RECORD_OVERHEAD = 512  # bytes reserved for record + batch framing when checking the size limit
 MAX_ROUND_RECORDS = 20000
 MAX_ROUND_BYTES = 16 * 1024 * 1024
@@ -76,6 +79,7 @@ class _Tracker:
     acked_names: dict[str, int] = field(default_factory=dict)
     offsets: dict[int, list[int]] = field(default_factory=dict)
     dirty: bool = False
+    progress_t: float = 0.0  # perf_counter of the last ack, or of the first document waiting after one
 
 
 @dataclass
@@ -128,6 +132,8 @@ class Publisher:
         self._pack = serializer()
         self.connected = False
         self.last_error: str | None = None
+        self.delivery: Delivery | None = None  # documents waiting for Kafka (any run)
+        self._stalled_runs: list[Run] = []
         # Pace publish rounds: wait this long after the first new document before draining, so one
         # thread wake-up and one Kafka round trip carry many documents; every round costs the
         # RunEngine thread GIL hand-offs (kafka.lingerMs; $KUBESKY_PUBLISH_LINGER_MS overrides it).
@@ -139,6 +145,7 @@ class Publisher:
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
+        limit_library_logs("aiokafka")
         self._thread = threading.Thread(target=self._thread_main, name="kubesky-publisher", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -233,7 +240,94 @@ class Publisher:
             loop.close()
             self._stopped.set()
 
+    async def _watch_delivery(self) -> None:
+        """Every second: which runs have documents Kafka has acknowledged none of for STALL_SECONDS.
+        Runs on the publisher's loop (the trackers are its own); counts documents not yet taken in
+        too, since a send that waits for Kafka holds up the intake."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self._check_delivery():
+                    await self._probe_brokers()
+            except Exception:  # pragma: no cover - reporting must never stop publishing
+                log.exception("delivery check failed")
+
+    async def _probe_brokers(self) -> None:
+        """Documents wait: is any broker reachable? aiokafka retries a batch to an unreachable
+        broker without end and without failing it, so without this probe an outage counts no error
+        and names no cause."""
+        producer = self._producer
+        if producer is None:
+            return  # not connected: _ensure_producer counts and names its failures
+        brokers = [b.nodeId for b in producer.client.cluster.brokers()]
+        for node in brokers:
+            try:
+                if await asyncio.wait_for(producer.client.ready(node), 2.0):
+                    return
+            except Exception:
+                continue
+        self.metrics.kafka_errors.inc()
+        self.last_error = f"no Kafka broker reachable (brokers {brokers or 'unknown'})"
+
+    def _check_delivery(self) -> bool:
+        """Mark the runs whose documents wait for Kafka; True when some do."""
+        now = time.perf_counter()
+        waiting: dict[int, list[Any]] = {}  # id(run) -> [run, count, first t]
+        for run, name, _doc, t in list(self._dq):
+            if run is None or name is None:
+                continue
+            w = waiting.get(id(run))
+            if w is None:
+                waiting[id(run)] = [run, 1, t]
+            else:
+                w[1] += 1
+        for tid, tr in self._trackers.items():
+            pending = tr.enqueued - tr.acked
+            w = waiting.get(tid)
+            if pending > 0:
+                if w is None:
+                    waiting[tid] = [tr.run, pending, tr.progress_t]
+                else:
+                    w[1] += pending
+                    w[2] = tr.progress_t
+        overall: Delivery | None = None
+        stalled: set[int] = set()
+        for tid, (run, count, t0) in waiting.items():
+            if now - t0 < STALL_SECONDS:
+                continue
+            since = datetime.now(UTC) - timedelta(seconds=now - t0)
+            delivery = Delivery(pending=count, since=since.replace(microsecond=0), error=self.last_error)
+            stalled.add(tid)
+            if run.delivery != delivery:
+                run.update(lambda r, d=delivery: setattr(r, "delivery", d))
+            if overall is None or delivery.since < overall.since:
+                overall = delivery
+        for run in [r for r in self._stalled_runs if id(r) not in stalled]:
+            run.update(lambda r: setattr(r, "delivery", None))
+        self._stalled_runs = [w[0] for tid, w in waiting.items() if tid in stalled]
+        if overall is not None:
+            overall = overall.model_copy(update={"pending": self.pending()})
+            if self.delivery is None:
+                log.warning(
+                    "%d documents wait for Kafka since %s: %s",
+                    overall.pending,
+                    overall.since.isoformat(),
+                    self.last_error or "no acknowledgement",
+                )
+        elif self.delivery is not None and not self.pending():
+            log.warning("Kafka acknowledges documents again")
+        self.delivery = overall
+        return overall is not None
+
     async def _main(self) -> None:
+        assert self._wake is not None and self._flush is not None
+        watch = asyncio.get_running_loop().create_task(self._watch_delivery())
+        try:
+            await self._run()
+        finally:
+            watch.cancel()
+
+    async def _run(self) -> None:
         assert self._wake is not None and self._flush is not None
         while True:
             if not self._dq and not self._backlog:
@@ -266,6 +360,9 @@ class Publisher:
                 else:
                     await self._send_round(touched)
             self._apply(touched)
+            if self.delivery is not None and not self.pending():
+                self.delivery = None  # all acknowledged: say so now, not at the next check
+                log.warning("Kafka acknowledges documents again")
             if self._blocked:
                 with self._room:
                     self._room.notify_all()
@@ -307,6 +404,8 @@ class Publisher:
             if tr is not None:
                 touched.add(id(run))
             headers = tr.run.headers if tr is not None else []
+            if tr is not None and tr.enqueued == tr.acked:
+                tr.progress_t = t  # nothing was waiting: the wait starts with this document
             try:
                 for pname, _pdoc, value in self._serialize(name, doc, key, headers, pack):
                     size = len(value) + (len(key) if key else 0)
@@ -426,6 +525,7 @@ class Publisher:
         if tr is None:
             return
         tr.acked += 1
+        tr.progress_t = now
         tr.acked_names[rec.name] = tr.acked_names.get(rec.name, 0) + 1
         if partition is not None and offset is not None:
             rng = tr.offsets.get(partition)
@@ -463,6 +563,8 @@ class Publisher:
                 for p, (first, last) in tr.offsets.items():
                     cur = r.offsets.get(p)
                     r.offsets[p] = [first, last] if cur is None else [min(cur[0], first), max(cur[1], last)]
+                if tr.acked == tr.enqueued:
+                    r.delivery = None  # nothing waits (the next check may come after the run's end)
 
             for n, c in tr.acked_names.items():
                 counts[n] = counts.get(n, 0) + c
@@ -494,7 +596,8 @@ class Publisher:
             "linger_ms": 0,  # batches are gathered (kafka.lingerMs) and closed before send_batch
             "max_request_size": k.max_request_size,
             "max_batch_size": max(16384, k.max_request_size - RECORD_OVERHEAD),
-            "request_timeout_ms": 30000,
+            # A send Kafka does not answer fails (counted, retried) within 10 s, not aiokafka's 40 s.
+            "request_timeout_ms": 10000,
         }
         creds = Path(k.credentials_dir) if k.credentials_dir else None
         ca_file = k.ca_file
@@ -610,6 +713,7 @@ class Publisher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self.last_error = None  # Kafka took the round: an older error no longer describes it
             return
 
     async def _send_records(self, recs: list[_Record]) -> tuple[list[_Record], list[_Record]]:

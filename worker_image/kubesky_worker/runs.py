@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kubesky_operator.api import KafkaRange, Phase, PlanRunRef, Progress, RunRecord, may_transition
+from kubesky_operator.api import Delivery, KafkaRange, Phase, PlanRunRef, Progress, RunRecord, may_transition
 from kubesky_operator.api.limits import bounded
 from kubesky_operator.api.planrun import TERMINAL_PHASES
 
@@ -59,6 +59,7 @@ class Run:
         self.offsets: dict[int, list[int]] = {}
         # (reason, message), set by the publisher when a document cannot be published at all
         self.publish_failure: tuple[str, str] | None = None
+        self.delivery: Delivery | None = None  # set by the publisher while documents wait for Kafka
         self.requested: str | None = None  # control action asked for: stop, abort
         self.requested_reason: str | None = None
         self.version = 0  # bumped on every change the status writer may want to see
@@ -157,6 +158,7 @@ class Run:
                 start_time=self.start_time,
                 completion_time=self.completion_time,
                 worker=self.worker,
+                delivery=self.delivery,
             )
 
 

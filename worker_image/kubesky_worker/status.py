@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubesky_operator.api import (
+    DOCUMENTS_DELIVERED,
     GROUP,
     VERSION,
     Condition,
     ConditionStatus,
+    Delivery,
     KubeConfig,
     Phase,
+    RunRecord,
     may_transition,
     set_condition,
 )
+from kubesky_operator.api.limits import bounded
 from kubesky_operator.api.planrun import PLURAL, TERMINAL_PHASES
 
 from .metrics import Metrics
@@ -62,6 +66,33 @@ def _condition_for(phase: Phase) -> tuple[ConditionStatus, str]:
     return ConditionStatus.UNKNOWN, phase.value
 
 
+def _conditions(obj: dict[str, Any]) -> list[Condition]:
+    return [Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions") or []]
+
+
+def with_delivery(conditions: list[Condition], record: RunRecord, generation: int | None) -> list[Condition]:
+    """DocumentsDelivered: False while documents of the run wait for Kafka (how many, since when,
+    the last error), True again once they are acknowledged; absent for a run that never waited."""
+    d = record.delivery
+    if d is not None:
+        text = f"{d.pending} documents wait for Kafka since {d.since.isoformat()}"
+        text += f": {d.error}" if d.error else ""
+        reason = "KafkaUnavailable" if d.error else "WaitingForKafka"
+        return set_condition(
+            conditions, DOCUMENTS_DELIVERED, ConditionStatus.FALSE, reason, bounded(text), generation
+        )
+    if any(c.type == DOCUMENTS_DELIVERED for c in conditions):
+        return set_condition(
+            conditions,
+            DOCUMENTS_DELIVERED,
+            ConditionStatus.TRUE,
+            "Delivered",
+            "Kafka acknowledged the documents that waited",
+            generation,
+        )
+    return conditions
+
+
 @dataclass
 class _Entry:
     run: Run
@@ -73,6 +104,7 @@ class _Entry:
     gone: bool = False
     foreign: bool = False  # the PlanRun's phase is ahead of ours: write counters only
     seen: dict[str, Any] | None = None  # the PlanRun as our last patch returned it
+    written_delivery: Delivery | None = None
 
 
 class StatusWriter:
@@ -184,7 +216,21 @@ class StatusWriter:
             if record.phase != e.written_phase:
                 self._write_phase(api, e, record)
             else:
-                self._patch(api, e, self._status_body(record, include_phase=False, counters_only=e.foreign))
+                body = self._status_body(record, include_phase=False, counters_only=e.foreign)
+                if record.delivery != e.written_delivery:
+                    obj = e.seen or api.get_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        run.planrun.namespace,
+                        PLURAL,
+                        run.planrun.name,  # type: ignore[union-attr]
+                    )
+                    conditions = with_delivery(
+                        _conditions(obj), record, obj.get("metadata", {}).get("generation")
+                    )
+                    body["status"]["conditions"] = [c.wire() for c in conditions]
+                self._patch(api, e, body)
+            e.written_delivery = record.delivery
             e.written_version = version
             e.last_write = time.monotonic()
             e.backoff = 0.5
@@ -230,19 +276,13 @@ class StatusWriter:
                 self._patch(api, e, self._status_body(record, include_phase=False, counters_only=True))
                 e.written_phase = record.phase
                 return
-            conditions = [
-                Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions") or []
-            ]
+            generation = obj.get("metadata", {}).get("generation")
             status, reason = _condition_for(record.phase)
             msg = record.message or ""
             conditions = set_condition(
-                conditions,
-                SUCCEEDED,
-                status,
-                reason,
-                msg,
-                observed_generation=obj.get("metadata", {}).get("generation"),
+                _conditions(obj), SUCCEEDED, status, reason, msg, observed_generation=generation
             )
+            conditions = with_delivery(conditions, record, generation)
             body = self._status_body(record, include_phase=True)
             body["status"]["conditions"] = [c.wire() for c in conditions]
             body["metadata"] = {"resourceVersion": rv}

@@ -1,6 +1,7 @@
 """The kubesky contract: CRD schemas and the worker API models. Pydantic only."""
 
 from .beamline import (
+    DOCUMENTS_DELIVERED,
     PLANS_LOADED,
     WORKER_READY,
     BeamlineSpec,
@@ -28,6 +29,7 @@ from .planrun import (
 from .worker_api import (
     ControlAction,
     ControlRequest,
+    Delivery,
     DeviceCatalogue,
     DeviceInfo,
     ErrorResponse,
@@ -47,6 +49,7 @@ __all__ = [
     "ACTIVE_PHASES",
     "API_VERSION",
     "CATEGORY",
+    "DOCUMENTS_DELIVERED",
     "GROUP",
     "PLANS_LOADED",
     "TERMINAL_PHASES",
@@ -60,6 +63,7 @@ __all__ = [
     "ConfigMapRef",
     "ControlAction",
     "ControlRequest",
+    "Delivery",
     "DeviceCatalogue",
     "DeviceConfig",
     "DeviceInfo",

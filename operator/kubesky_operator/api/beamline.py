@@ -18,6 +18,7 @@ SHORT_NAMES = ["bl"]
 # Condition types on a Beamline.
 WORKER_READY = "WorkerReady"
 PLANS_LOADED = "PlansLoaded"
+DOCUMENTS_DELIVERED = "DocumentsDelivered"  # on PlanRuns too: False while documents wait for Kafka
 
 
 class SecretKeyRef(ApiModel):

@@ -49,6 +49,15 @@ class ErrorResponse(ApiModel):
     detail: str | list[FieldError] = Field(description="Error message or the list of field errors.")
 
 
+class Delivery(ApiModel):
+    """Documents Kafka has not acknowledged for a while (an outage, or a broker slower than the
+    plan): what a user sees instead of a run frozen without a word."""
+
+    pending: int = Field(ge=0, description="Documents emitted and not yet acknowledged by Kafka.")
+    since: datetime = Field(description="Since when Kafka has acknowledged none of them.")
+    error: str | None = Field(default=None, description="The last Kafka error, where there is one.")
+
+
 class RunRecord(ApiModel):
     """GET /v1/runs/{id}: what the worker knows of a run."""
 
@@ -67,6 +76,9 @@ class RunRecord(ApiModel):
     start_time: datetime | None = None
     completion_time: datetime | None = None
     worker: str | None = None
+    delivery: Delivery | None = Field(
+        default=None, description="Set while documents of the run wait for Kafka; none once delivered."
+    )
 
 
 class ControlAction(StrEnum):
@@ -104,6 +116,9 @@ class WorkerState(ApiModel):
     load_errors: list[LoadError] = Field(default_factory=list)
     reload_pending: bool = False
     worker: str | None = None
+    delivery: Delivery | None = Field(
+        default=None, description="Set while documents wait for Kafka (any run); none when all are delivered."
+    )
 
 
 class PlanCatalogue(ApiModel):

@@ -119,3 +119,74 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
             assert rec["documents"]["stop"] == 1 and rec["documents"]["event"] < 300, rec
     finally:
         w.stop(timeout=10)
+
+
+def test_kafka_outage_is_visible_and_its_log_bounded(own_kafka, cluster, crds, namespace, tmp_path):
+    """A 20 s outage with a small run (no back-pressure): it used to show nothing at all (Running
+    with frozen progress, blocked gauge and send-error counter at 0) while aiokafka wrote thousands
+    of log lines a second. Now the PlanRun and the worker's state say that documents wait for Kafka
+    and since when, the counter and the gauge move, and the log stays a few lines a second."""
+    from kubernetes import client
+
+    from .test_worker_e2e import create_planrun, wait_status
+
+    api = client.CustomObjectsApi(cluster.api_client())
+    topic = f"visible-{uuid.uuid4().hex[:6]}.bluesky.runengine.documents"
+    cfg = sim_config("visible", kafka=own_kafka.bootstrap, topic=topic, kubeconfig=cluster.kubeconfig)
+    w = WorkerProcess(cfg, tmp_path / "worker")
+    w.start()
+    try:
+        with w.client(timeout=10) as c:
+            warm = _submit(c, 1)
+            assert _wait(c, warm, lambda r: r["phase"] in TERMINAL, 60, w)["phase"] == "Succeeded"
+            errors_before = _gauge(c, "kubesky_worker_kafka_send_errors_total")
+
+            own_kafka.stop()
+            log_before = w.log_path.stat().st_size
+            t0 = time.monotonic()
+            pr = create_planrun(api, namespace, "count", {"detectors": ["det"], "num": 5})
+            md = pr["metadata"]
+            r = c.post(
+                "/v1/runs",
+                json={
+                    "id": md["uid"],
+                    "planrun": {"namespace": md["namespace"], "name": md["name"]},
+                    "plan": "count",
+                    "params": {"detectors": ["det"], "num": 5},
+                },
+            )
+            assert r.status_code == 202, r.text
+
+            def waiting(s):
+                cond = next((x for x in s.get("conditions") or () if x["type"] == "DocumentsDelivered"), None)
+                return cond is not None and cond["status"] == "False" and cond
+
+            status = wait_status(api, pr, waiting, timeout=20)
+            cond = waiting(status)
+            assert "documents wait for Kafka since" in cond["message"], cond
+            assert status["phase"] == "Running"
+            state = c.get("/v1/state").json()
+            assert state["delivery"]["pending"] >= 7, state  # start, descriptor, 5 events, stop
+            assert _gauge(c, "kubesky_worker_publish_blocked") == 1  # the run's end waits for Kafka
+            time.sleep(max(0.0, 20.0 - (time.monotonic() - t0)))
+            assert _gauge(c, "kubesky_worker_kafka_send_errors_total") > errors_before
+            outage = time.monotonic() - t0
+            with open(w.log_path, "rb") as f:
+                f.seek(log_before)
+                lines = f.read().decode(errors="replace").splitlines()
+            rate = len(lines) / outage
+            print(
+                f"\nworker log during a {outage:.0f} s Kafka outage: {len(lines)} lines, {rate:.1f} lines/s"
+            )
+            assert rate < 5, "\n".join(lines[-40:])
+
+            own_kafka.start_again()
+            rec = _wait(c, md["uid"], lambda r: r["phase"] in TERMINAL, 90, w)
+            assert rec["phase"] == "Succeeded" and rec.get("delivery") is None, rec
+            done = wait_status(api, pr, lambda s: s.get("phase") == "Succeeded")
+            cond = next(x for x in done["conditions"] if x["type"] == "DocumentsDelivered")
+            assert cond["status"] == "True", cond
+            assert c.get("/v1/state").json().get("delivery") is None
+            assert _gauge(c, "kubesky_worker_publish_blocked") == 0
+    finally:
+        w.stop(timeout=10)
