@@ -9,7 +9,7 @@ tell the user instead of running something they did not ask for."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .limits import MAX_NESTING
@@ -42,14 +42,21 @@ def dropped_nulls(body: Mapping[str, Any]) -> list[str]:
 
 
 def _walk(applied: Any, live: Any, path: str, found: list[str], depth: int) -> None:
-    if not isinstance(applied, dict) or not isinstance(live, Mapping) or depth > MAX_NESTING:
+    if depth > MAX_NESTING:
         return
-    for key, value in applied.items():
-        where = f"{path}.{key}"
-        if value is None and key not in live:
-            found.append(where)
-        else:
-            _walk(value, live.get(key), where, found, depth + 1)
+    if isinstance(applied, dict) and isinstance(live, Mapping):
+        for key, value in applied.items():
+            where = f"{path}.{key}"
+            if value is None and key not in live:
+                found.append(where)
+            else:
+                _walk(value, live.get(key), where, found, depth + 1)
+    elif isinstance(applied, list) and isinstance(live, Sequence) and not isinstance(live, str):
+        # Objects inside lists lose their null members too (`[{"a": null}]` arrives as `[{}]`);
+        # elements are named by index, as the worker names them (params.axes.0.stop).
+        if len(applied) == len(live):
+            for i, (a, b) in enumerate(zip(applied, live, strict=True)):
+                _walk(a, b, f"{path}.{i}", found, depth + 1)
 
 
 def dropped_nulls_message(paths: list[str]) -> str:

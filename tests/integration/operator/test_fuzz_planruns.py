@@ -553,3 +553,34 @@ def test_generated_planruns_end_in_documented_states(
         run()
     finally:
         print(fuzz.fig.summary())
+
+
+# -- regressions found by the generator ---------------------------------------------------------------
+
+
+def manifest(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PlanRun", "metadata": {"name": name}, "spec": spec}
+
+
+def wait_terminal(api: Any, namespace: str, name: str, timeout: float = 30) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "planruns", name)
+        return obj if (obj.get("status") or {}).get("phase") in TERMINAL else None
+
+    return wait_for(f"{name} terminal", done, timeout)
+
+
+def test_nulls_kubectl_apply_drops_inside_lists_are_rejected(cluster, api, namespace, operator, beamlines):
+    """Client-side apply removes a null member of an object inside a list too (`md: {scans:
+    [{sample: null}]}` arrives as `[{}]`): the start document would silently differ from the
+    manifest. Rejected, NullDropped, naming the element, like a null outside lists."""
+    beamlines(BEAMLINE)
+    params = {"detectors": ["det"], "num": 1, "md": {"scans": [{"sample": None, "n": 1}, [{"deep": None}]]}}
+    body = manifest("null-in-list", beamline=BEAMLINE, plan="count", params=params)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    stored = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "planruns", "null-in-list")
+    assert stored["spec"]["params"]["md"]["scans"] == [{"n": 1}, [{}]]  # what kubectl sent
+    run = wait_terminal(api, namespace, "null-in-list")
+    assert (run["status"]["phase"], run["status"]["reason"]) == ("Rejected", "NullDropped"), run["status"]
+    message = run["status"]["message"]
+    assert message.startswith("spec.params.md.scans.0.sample, spec.params.md.scans.1.0.deep: null"), message
