@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv lock infra host-packages images node-up node-down bench-node crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node crds crds-check lint test test-unit test-integration demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload clean
 
 all: test
@@ -36,6 +36,18 @@ infra:
 # ~/.cache/kubesky/images (the last line of output lists them). Needs root.
 images: venv host-packages
 	bash tests/infra/images/build.sh
+
+# CycloneDX SBOMs of the images built by `make images` (their venv's Python distributions, checked
+# against the locks, and the Debian packages they carry), read from the image archives, in
+# build/sbom/<image>.cdx.json.
+sbom: venv images
+	$(PY) tests/infra/images/sbom.py build/sbom
+
+# pip-audit of both images' locks against PyPI's vulnerability data, printing the findings. Fails
+# on any known vulnerability and on any pin it could not audit; AUDIT_ARGS="--ignore-vuln <id>"
+# accepts one. Not part of `make test`: its verdict changes as advisories are published.
+audit: venv
+	$(PY) tests/infra/images/audit.py $(AUDIT_ARGS)
 
 # The Debian packages of a real node (containerd, runc, CNI plugins, iptables, ipset) and of the
 # image builds (buildah, mmdebstrap). Needs root on Debian or a derivative; says why otherwise.

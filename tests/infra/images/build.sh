@@ -22,6 +22,9 @@
 # export, so a second run does nothing. A changed key rebuilds with buildah's layer cache, so only
 # the steps after the first changed input run again (an unchanged lock reuses the pip layer).
 #
+# The operator and worker images hold no shell, pip or package manager (their Dockerfiles' run-time
+# stage is FROM scratch); each new build is checked by running its ENTRYPOINT --help as its USER.
+#
 # Concurrent runs are serialized by a lock on $KUBESKY_CACHE/images/.lock.
 # Needs root and the packages of tests/infra/host-packages.sh, plus Go for the pause binary.
 set -euo pipefail
@@ -125,8 +128,23 @@ build_project() { # build_project <name> <Dockerfile> <ref>
   log "$name: buildah build -f $dockerfile -t $ref"
   local t0=$SECONDS
   buildah build "${bud_flags[@]}" -f "$repo/$dockerfile" -t "$ref" "$repo" >&2
+  check_entrypoint "$name" "$ref"
   printf '%s %s\n' "$key" "$(image_id "$ref")" >"$stamp"
   log "$name: built in $((SECONDS - t0)) s"
+}
+# The image's ENTRYPOINT runs (--help) as the image's USER: the run-time stage has no shell, so
+# this is exec'd directly, and it fails if the non-root user cannot read what the build copied.
+check_entrypoint() { # check_entrypoint <name> <ref>
+  local name="$1" ref="$2" ctr user entry
+  user="$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$ref")"
+  entry="$(buildah inspect --type image --format '{{index .OCIv1.Config.Entrypoint 0}}' "$ref")"
+  ctr="$(buildah from --pull=never "$ref")"
+  if ! buildah run --isolation chroot --user "$user" "$ctr" -- "$entry" --help >/dev/null; then
+    buildah rm "$ctr" >/dev/null
+    die "$name: '$entry --help' failed in $ref as user $user"
+  fi
+  buildah rm "$ctr" >/dev/null
+  log "$name: '$entry --help' runs as $user"
 }
 build_project operator operator/Dockerfile "$operator_ref"
 build_project worker worker_image/Dockerfile "$worker_ref"

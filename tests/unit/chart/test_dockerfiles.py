@@ -247,3 +247,51 @@ def test_build_context_leaves_out_the_venv_and_bytecode():
                 for src in rest.split()[:-1]:
                     top = src.strip("/").split("/")[0]
                     assert top not in patterns, f"{dockerfile.parent.name}: COPY {src} is in .dockerignore"
+
+
+def _infra_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / "tests" / "infra" / "images" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("deps", "code"),
+    [
+        ([{"name": "a", "version": "1", "vulns": []}], 0),
+        (
+            [
+                {
+                    "name": "a",
+                    "version": "1",
+                    "vulns": [{"id": "GHSA-x", "fix_versions": ["2"], "aliases": []}],
+                }
+            ],
+            1,
+        ),
+        ([{"name": "a", "version": "1", "skip_reason": "Dependency not found on PyPI"}], 2),
+        (
+            [
+                {"name": "a", "version": "1", "skip_reason": "Dependency not found on PyPI"},
+                {
+                    "name": "b",
+                    "version": "1",
+                    "vulns": [{"id": "PYSEC-1", "fix_versions": [], "aliases": []}],
+                },
+            ],
+            1,
+        ),
+    ],
+)
+def test_make_audit_fails_on_findings_and_on_what_it_could_not_audit(deps, code, monkeypatch, capsys):
+    audit = _infra_module("audit")
+    monkeypatch.setattr(audit, "audit", lambda lock, extra: {"dependencies": deps, "fixes": []})
+    assert audit.main(["audit.py"]) == code
+    out = capsys.readouterr().out
+    for dep in deps:
+        for vuln in dep.get("vulns", []):
+            assert f"{dep['name']}=={dep['version']}: {vuln['id']}" in out
