@@ -229,7 +229,9 @@ class Engine:
         self._doc_run = run
         self.publisher.run_starts()
         timer: threading.Timer | None = None
-        if run.timeout_seconds:
+        # Past TIMEOUT_MAX (292 years) a timer cannot wait (its thread dies with OverflowError):
+        # such a timeout never comes.
+        if run.timeout_seconds and run.timeout_seconds <= threading.TIMEOUT_MAX:
             timer = threading.Timer(run.timeout_seconds, self._timeout, args=(run,))
             timer.daemon = True
             timer.start()

@@ -584,3 +584,27 @@ def test_nulls_kubectl_apply_drops_inside_lists_are_rejected(cluster, api, names
     assert (run["status"]["phase"], run["status"]["reason"]) == ("Rejected", "NullDropped"), run["status"]
     message = run["status"]["message"]
     assert message.startswith("spec.params.md.scans.0.sample, spec.params.md.scans.1.0.deep: null"), message
+
+
+@pytest.mark.parametrize("timeout", [2**63 - 1, 10**10])
+def test_a_timeout_past_what_a_timer_can_wait_is_no_timeout(
+    cluster, api, namespace, operator, beamlines, timeout
+):
+    """timeoutSeconds is any positive int64; past threading.TIMEOUT_MAX (292 years) the worker's
+    timer thread died with OverflowError at the start of every such run. It is no timeout."""
+    bl = beamlines(BEAMLINE)
+    offset = os.path.getsize(bl.worker.log_path)
+    params = {"detectors": ["det"], "num": 1}
+    api.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "planruns",
+        manifest("forever", beamline=BEAMLINE, plan="count", params=params, timeoutSeconds=timeout),
+    )
+    run = wait_terminal(api, namespace, "forever")
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    with open(bl.worker.log_path, "rb") as f:
+        f.seek(offset)
+        log = f.read().decode(errors="replace")
+    assert "Exception in thread" not in log and "OverflowError" not in log, log[-3000:]
