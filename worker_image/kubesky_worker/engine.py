@@ -67,6 +67,11 @@ def summarize_exception(exc: BaseException, frames: int = 3) -> str:
     return "\n".join([head, *tail]) if tail else head
 
 
+def _pause_requested(run: Run) -> None:
+    run.reason = "PauseRequested"
+    run.message = "pausing at the plan's next checkpoint"
+
+
 class Engine:
     def __init__(
         self,
@@ -101,6 +106,8 @@ class Engine:
         self.reload_pending = False
         self._thread: threading.Thread | None = None
         self._on_idle: list[Callable[[], None]] = []
+        self._interrupts: queue.Queue[Callable[[], Any]] = queue.Queue()
+        self._interrupter: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
@@ -311,6 +318,10 @@ class Engine:
             return Phase.FAILED, *run.publish_failure
         if isinstance(error, Unpublishable):  # the start document, refused before it was emitted
             return Phase.FAILED, error.reason, str(error)
+        if run.requested == ControlAction.ABORT and error is None and run.exit_status == "success":
+            # The plan ended on its own before the abort reached it (it blocked the RunEngine's
+            # loop, say): the documents say success, and so does the phase.
+            return Phase.SUCCEEDED, "Succeeded", "the plan ended before the abort took effect"
         if run.requested == ControlAction.ABORT:
             if run.requested_reason == "Timeout":
                 return Phase.ABORTED, "Timeout", f"aborted after timeoutSeconds={run.timeout_seconds}"
@@ -330,8 +341,9 @@ class Engine:
 
     # -- control ---------------------------------------------------------------------------------
     def control(self, run_id: str, action: ControlAction, reason: str | None = None) -> Run:
-        from bluesky.utils import TransitionError
-
+        """Request pause/resume/stop/abort of the active run. Returns at once: bluesky's interrupts
+        wait for the RunEngine's loop, which a plan blocking in Python holds (time.sleep), so they
+        are delivered by the interrupter thread and take effect when the loop is free."""
         with self._lock:
             run = self._current
             if run is None or run.id != run_id:
@@ -343,10 +355,10 @@ class Engine:
             paused = self._paused or RE.state == "paused"
             if action == ControlAction.PAUSE:
                 if not paused:
-                    try:
-                        RE.request_pause(defer=True)
-                    except TransitionError as exc:
-                        raise Conflict(f"cannot pause now: {exc}") from None
+                    if RE.state != "running":
+                        raise Conflict(f"cannot pause now: the RunEngine is {RE.state}")
+                    run.update(_pause_requested)
+                    self._interrupt(lambda: RE.request_pause(defer=True))
                 return run
             if action == ControlAction.RESUME:
                 if paused:
@@ -361,14 +373,32 @@ class Engine:
                 self._ctl.put((action, reason))
                 return run
             self.publisher.let_run_end()  # the RunEngine may be waiting for Kafka
+            if action == ControlAction.STOP:
+                self._interrupt(RE.stop)
+            else:
+                self._interrupt(lambda: RE.abort(reason or "abort requested"))
+            return run
+
+    def _interrupt(self, call: Callable[[], Any]) -> None:
+        """Deliver a RunEngine interrupt from the interrupter thread, in the order requested."""
+        if self._interrupter is None or not self._interrupter.is_alive():
+            self._interrupter = threading.Thread(
+                target=self._deliver_interrupts, name="kubesky-interrupts", daemon=True
+            )
+            self._interrupter.start()
+        self._interrupts.put(call)
+
+    def _deliver_interrupts(self) -> None:
+        from bluesky.utils import TransitionError
+
+        while True:
+            call = self._interrupts.get()
             try:
-                if action == ControlAction.STOP:
-                    RE.stop()
-                else:
-                    RE.abort(reason or "abort requested")
+                call()
             except TransitionError:
                 pass  # the plan already ended (or has not started: it will not)
-            return run
+            except Exception:
+                log.exception("RunEngine interrupt failed")
 
     def _timeout(self, run: Run) -> None:
         try:
@@ -377,7 +407,6 @@ class Engine:
             pass
 
     def abort_for_publish_failure(self, run: Run, message: str) -> None:
-        from bluesky.utils import TransitionError
 
         with self._lock:
             if self._current is not run:
@@ -385,10 +414,8 @@ class Engine:
             if self._paused or self.RE.state == "paused":
                 self._ctl.put((ControlAction.ABORT, message))
                 return
-            try:
-                self.RE.abort(message)
-            except TransitionError:
-                pass
+            RE = self.RE
+            self._interrupt(lambda: RE.abort(message))
 
     # -- plans -----------------------------------------------------------------------------------
     def reload(self) -> ReloadResponse:
