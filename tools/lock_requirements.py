@@ -136,7 +136,11 @@ def hashes(pins: dict[str, str]) -> dict[str, list[str]]:
 
     def one(item: tuple[str, str]) -> tuple[str, list[str]]:
         name, version = item
-        found = select(index_files(name), name, version)
+        try:
+            files = index_files(name)
+        except OSError as error:  # URLError, HTTPError, timeouts
+            raise SystemExit(f"lock: the index did not answer for {name}: {error}") from None
+        found = select(files, name, version)
         if not any(fn.endswith(".whl") for fn in found):
             # An sdist alone would be built in the image, with build dependencies nobody hashed.
             raise SystemExit(f"lock: no wheel of {name}=={version} for cp311 manylinux x86_64 on the index")
@@ -166,10 +170,13 @@ def main(argv: list[str]) -> int:
     extra = argv[1] if len(argv) > 1 else "worker"
     pins = closure(extra)
     hashed = extra in HASHED
+    # Everything is fetched before anything is written: a failure leaves `make lock`'s target
+    # empty rather than a lock with some hashes missing.
+    body = render(pins, hashes(pins) if hashed else None)
     print(f"# Pinned by tools/lock_requirements.py {extra} from the tested environment; do not edit by hand.")
     if hashed:
         print("# Each --hash is the index's sha256 of a file an image can install (pip --require-hashes).")
-    sys.stdout.write(render(pins, hashes(pins) if hashed else None))
+    sys.stdout.write(body)
     return 0
 
 
