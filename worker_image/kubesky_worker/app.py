@@ -255,8 +255,11 @@ def create_app(worker: Worker) -> FastAPI:
         prefix=API_PREFIX, dependencies=[Security(bearer)], route_class=_JSONRoute, responses=_ALWAYS
     )
 
+    # The routes that take the engine's lock (or may load plans) are sync, run in the threadpool:
+    # the lock is held while the RunEngine's loop is busy (a stop waits for it while a plan
+    # computes), and waiting for it on the event loop froze every request, /healthz included.
     @v1.get("/state", response_model=WorkerState)
-    async def state() -> JSONResponse:
+    def state() -> JSONResponse:
         return _json(worker.engine.state())
 
     @v1.get("/plans", response_model=PlanCatalogue)
@@ -279,7 +282,7 @@ def create_app(worker: Worker) -> FastAPI:
             409: {**_ERROR_MODEL, "description": "Another run is active, or the worker is starting"},
         },
     )
-    async def create_run(req: RunRequest) -> JSONResponse:
+    def create_run(req: RunRequest) -> JSONResponse:
         status, record = worker.submit(req)
         return _json(record, status)
 

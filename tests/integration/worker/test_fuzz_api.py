@@ -21,21 +21,24 @@ import os
 import time
 import uuid
 from collections import Counter, defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kubesky_operator.api.limits import MAX_BYTES, MAX_NESTING
 from kubesky_worker.app import create_app
 
-from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
+from tests.helpers.worker_process import EXAMPLE_PLANS, WorkerProcess, sim_config, worker_process
 
 EXAMPLES = int(os.environ.get("KUBESKY_FUZZ_EXAMPLES", "25"))
 REQUEST_TIMEOUT = 10.0  # seconds for one answer; more is a hang
 CAP = 4 * 1024 * 1024  # the worker's default maxRequestBytes
+TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted"}
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",
@@ -72,18 +75,19 @@ class Tally:
         tr = terminalreporter
         tr.section("kubesky worker API fuzzing")
         tr.write_line(f"KUBESKY_FUZZ_EXAMPLES={EXAMPLES}")
+        width = max(map(len, self.cases), default=0)
         for label in sorted(self.cases):
             classes = ", ".join(f"{c} {n}" for c, n in sorted(self.classes[label].items()))
             codes = " ".join(f"{s}:{n}" for s, n in sorted(self.statuses[label].items()))
             tr.write_line(
-                f"{label:32} {self.cases[label]:6} cases  {classes}  ({codes})  "
+                f"{label:{width}} {self.cases[label]:6} cases  {classes}  ({codes})  "
                 f"check failures {self.failures[label]}"
             )
         total = Counter[str]()
         for c in self.classes.values():
             total.update(c)
         tr.write_line(
-            f"{'all operations':32} {sum(self.cases.values()):6} cases  "
+            f"{'all operations':{width}} {sum(self.cases.values()):6} cases  "
             + ", ".join(f"{c} {n}" for c, n in sorted(total.items()))
             + f"  check failures {sum(self.failures.values())}"
         )
@@ -101,10 +105,39 @@ def tally(request: pytest.FixtureRequest) -> Tally:
     return TALLY
 
 
+# A plan that holds the RunEngine's event loop, as one computing a large array does (a step_scan of
+# 10^8 points spends seconds in numpy.linspace there).
+HOLD_LOOP = """
+import time
+
+import bluesky.plan_stubs as bps
+
+
+def hold_loop(seconds: float = 3.0):
+    yield from bps.null()
+    time.sleep(seconds)
+    yield from bps.null()
+"""
+
+
 @pytest.fixture(scope="module")
-def worker(cluster, crds, kafka, tmp_path_factory) -> WorkerProcess:
+def plan_dir(tmp_path_factory) -> Path:
+    """Plans of these tests, served with the examples."""
+    plans = tmp_path_factory.mktemp("plans")
+    (plans / "hold.py").write_text(HOLD_LOOP)
+    return plans
+
+
+@pytest.fixture(scope="module")
+def worker(cluster, crds, kafka, plan_dir, tmp_path_factory) -> WorkerProcess:
     topic = f"fuzz-{uuid.uuid4().hex[:8]}.bluesky.runengine.documents"
-    cfg = sim_config("sim", kafka=kafka.bootstrap, topic=topic, kubeconfig=cluster.kubeconfig)
+    cfg = sim_config(
+        "sim",
+        kafka=kafka.bootstrap,
+        topic=topic,
+        kubeconfig=cluster.kubeconfig,
+        plan_dirs=[EXAMPLE_PLANS, plan_dir],
+    )
     with worker_process(cfg, tmp_path_factory.mktemp("worker")) as w:
         yield w
 
@@ -160,6 +193,137 @@ def test_every_operation_was_fuzzed(tally: Tally) -> None:
         "POST /v1/reload",
     }
     assert set(tally.cases) == listed, listed ^ set(tally.cases)
+
+
+def served_plans_description(w: WorkerProcess) -> dict[str, Any]:
+    """The served description, its POST /v1/runs body narrowed to runs of the plans the worker
+    serves (generated from the description alone, almost every run names an unknown plan): `plan`
+    one of their names, `params` that plan's parameter schema from GET /v1/plans with device names
+    drawn from GET /v1/devices and integers at most 1,000 (a scan of 10^8 points spends minutes
+    in numpy before its first point), and a timeoutSeconds of 1-2 s."""
+    with w.client(timeout=REQUEST_TIMEOUT) as c:
+        doc = c.get("/openapi.json").json()
+        plans = c.get("/v1/plans").json()["plans"]
+        devices = [d["name"] for d in c.get("/v1/devices").json()["devices"]]
+    components = doc["components"]["schemas"]
+
+    def adapt(node: Any, plan: str) -> Any:
+        if isinstance(node, dict):
+            node = {k: adapt(v, plan) for k, v in node.items() if k != "$defs"}
+            if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/$defs/"):
+                node["$ref"] = f"#/components/schemas/{plan}.{node['$ref'][len('#/$defs/') :]}"
+            if node.get("format") == "device":
+                node["enum"] = devices
+            if node.get("type") == "integer":
+                node["maximum"] = min(node.get("maximum", 1000), 1000)
+            return node
+        if isinstance(node, list):
+            return [adapt(v, plan) for v in node]
+        return node
+
+    variants = []
+    for p in plans:
+        if p["name"] == "hold_loop":
+            continue  # test_the_api_answers_while_a_plan_holds_the_runengine_loop
+        for name, sub in p["parameters"].get("$defs", {}).items():
+            components[f"{p['name']}.{name}"] = adapt(sub, p["name"])
+        variants.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "plan", "params", "timeoutSeconds"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "plan": {"const": p["name"]},
+                    "params": adapt(p["parameters"], p["name"]),
+                    "metadata": {"type": "object", "maxProperties": 3},
+                    "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 2},
+                },
+            }
+        )
+    body = doc["paths"]["/v1/runs"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"] = {"anyOf": variants}
+    return doc
+
+
+def test_runs_of_the_served_plans(worker: WorkerProcess, tally: Tally) -> None:
+    """Generated runs of the served plans (valid by their schemas, so most start), each driven by a
+    generated sequence of controls, then aborted: no 5xx, every answer as described, every run ends."""
+    schema = schemathesis.openapi.from_dict(served_plans_description(worker))
+    schema.config.checks.update(included_check_names=CHECKS)
+    runs = schema["/v1/runs"]["POST"].as_strategy()
+    label = "POST /v1/runs (served plans)"
+
+    def call(c: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = c.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            state = httpx.get(f"{worker.url}/v1/state", headers=worker.headers, timeout=REQUEST_TIMEOUT)
+            raise AssertionError(
+                f"no answer to {method} {path} {kwargs} in {REQUEST_TIMEOUT} s; state {state.text}\n"
+                f"{worker.log_tail(30)}"
+            ) from None
+        route = "POST /v1/runs/{run_id}/control" if path.endswith("/control") else "GET /v1/runs/{run_id}"
+        tally.record(f"{route} (a served plan's run)", r.status_code)
+        assert r.status_code < 500, (method, path, r.status_code, r.text)
+        return r
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=runs, actions=st.lists(st.sampled_from(["pause", "resume", "stop", "abort"]), max_size=4))
+    def run_one(case, actions: list[str]) -> None:
+        case.body["id"] = str(uuid.uuid4())  # a new run each time, not a known id
+        response = case.call(base_url=worker.url, headers=worker.headers, timeout=REQUEST_TIMEOUT)
+        tally.record(label, response.status_code)
+        try:
+            case.validate_response(
+                response,
+                headers=worker.headers,
+                transport_kwargs={
+                    "base_url": worker.url,
+                    "headers": worker.headers,
+                    "timeout": REQUEST_TIMEOUT,
+                },
+            )
+        except Exception:
+            tally.failures[label] += 1
+            raise
+        if response.status_code != 202:
+            return
+        run = f"/v1/runs/{case.body['id']}"
+        with worker.client(timeout=REQUEST_TIMEOUT) as c:
+            for action in [*actions, "abort"]:
+                r = call(c, "POST", f"{run}/control", json={"action": action})
+                assert r.status_code in (200, 409), r.text
+            deadline = time.monotonic() + 30
+            while call(c, "GET", run).json()["phase"] not in TERMINAL:
+                assert time.monotonic() < deadline, f"run {case.body} did not end\n{worker.log_tail()}"
+                time.sleep(0.05)
+
+    run_one()
+
+
+def test_the_api_answers_while_a_plan_holds_the_runengine_loop(worker: WorkerProcess) -> None:
+    """Found by fuzzing: a stop of a step_scan of 10^8 points waited, holding the engine's lock, for
+    the RunEngine's loop (busy in numpy); a GET /v1/state meanwhile waited for that lock on the HTTP
+    server's event loop, so every request, /healthz and /readyz included, hung until the plan let
+    go (a kubelet restarts a worker whose /healthz does not answer). Controls now return at once
+    (the engine's interrupter thread), and the routes that take the engine's lock run in the
+    threadpool."""
+    run_id = str(uuid.uuid4())
+    with worker.client(timeout=30) as c:
+        r = c.post("/v1/runs", json={"id": run_id, "plan": "hold_loop", "params": {"seconds": 4}})
+        assert r.status_code == 202, r.text
+        time.sleep(1.0)  # the plan is in time.sleep, on the RunEngine's loop
+        started = time.monotonic()
+        assert c.post(f"/v1/runs/{run_id}/control", json={"action": "stop"}).status_code == 200
+        for path in ("/v1/state", "/healthz", "/readyz", "/metrics", f"/v1/runs/{run_id}", "/v1/runs"):
+            assert c.get(path, timeout=2).status_code == 200, path
+        assert time.monotonic() - started < 1.0
+        deadline = time.monotonic() + 30
+        while (rec := c.get(f"/v1/runs/{run_id}").json())["phase"] not in TERMINAL:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert rec["phase"] == "Stopped", rec
 
 
 # -- hostile bodies ------------------------------------------------------------------------------
@@ -330,7 +494,7 @@ def test_the_worker_still_runs_plans(worker: WorkerProcess) -> None:
             "/v1/runs", json={"id": run_id, "plan": "count", "params": {"detectors": ["det"], "num": 3}}
         )
         assert r.status_code == 202, r.text
-        while (rec := c.get(f"/v1/runs/{run_id}").json())["phase"] not in ("Succeeded", "Failed", "Aborted"):
+        while (rec := c.get(f"/v1/runs/{run_id}").json())["phase"] not in TERMINAL:
             assert time.monotonic() < deadline, rec
             time.sleep(0.1)
         assert rec["phase"] == "Succeeded", rec

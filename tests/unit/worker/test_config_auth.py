@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -202,3 +204,18 @@ def test_max_request_bytes_setting(tmp_path):
     p.write_text("beamline: bl\nmaxRequestBytes: 1000\n")
     with pytest.raises(ConfigError, match="maxRequestBytes"):
         load_config(p)
+
+
+def test_routes_that_wait_for_the_engine_leave_the_probes_answering():
+    """GET /v1/state and POST /v1/runs wait for the engine's lock (and a run of a plan just rolled
+    out loads the plan set); on the event loop that held every other request, /healthz included."""
+    w = stub_worker()
+    w.engine.state = lambda: time.sleep(1)
+    w.submit = lambda req: time.sleep(1)
+    with TestClient(create_app(w), raise_server_exceptions=False) as c, ThreadPoolExecutor(2) as pool:
+        pool.submit(c.get, "/v1/state", headers=AUTH)
+        pool.submit(c.post, "/v1/runs", headers=AUTH, json={"id": "a", "plan": "count"})
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert c.get("/healthz").status_code == 200
+        assert time.monotonic() - started < 0.5
