@@ -62,6 +62,7 @@ pytestmark = pytest.mark.timeout(6 * 3600 if SOAK else 600)
 
 LABEL = "kubesky.io/fuzz-batch"
 MAX_NESTING, MAX_BYTES = 32, 256 * 1024  # docs/operations.md, Limits (api.limits holds the same)
+MAX_MESSAGE = 2048
 
 # docs/operations.md: what each phase may say for itself.
 DOCUMENTED_REASONS = {
@@ -235,12 +236,12 @@ class Fuzzer:
             name = f"fz-{self.serial:06d}"
             case.body["metadata"] = {"name": name, "labels": {LABEL: batch}}
             if case.path == APPLY_YAML and has_chars(case.body, SURROGATE):
-                case.path = APPLY_JSON  # YAML cannot carry a lone surrogate; JSON escapes it
+                case.via(APPLY_JSON)  # YAML cannot carry a lone surrogate; JSON escapes it
                 self.fig.paths["apply-yaml→json (a lone surrogate)"] += 1
             if case.path == APPLY_SERVER_SIDE and (
                 has_chars(case.body, NOT_YAML_PRINTABLE) or has_long_key(case.body)
             ):
-                case.path = CREATE  # the apiserver reads an apply patch as YAML; create keeps nulls too
+                case.via(CREATE)  # the apiserver reads an apply patch as YAML; create keeps nulls too
                 self.fig.paths["apply-server-side→create (no YAML form)"] += 1
             self.fig.cases += 1
             self.fig.paths[case.path] += 1
@@ -269,7 +270,7 @@ class Fuzzer:
 
     def _settle_and_check(self, batch: str, named: dict[str, Case]) -> None:
         for name, case in named.items():
-            if case.later:
+            if case.later and case.later_when == "now":
                 self.patch_state(name, case.later)
         objs = self.settle(named, released=False)
         self.seen = {n: self.outcome(o) for n, o in objs.items()}
@@ -358,17 +359,30 @@ class Fuzzer:
                 allowance += timeout
         deadline = time.monotonic() + allowance
         names = set(named)
+        # spec.state patches that wait for their run to be active (or done, or held)
+        later = (
+            {} if released else {n: c.later for n, c in named.items() if c.later and c.later_when == "active"}
+        )
         while True:
             objs = self.list_batch(names)
             missing = names - set(objs)
             assert not missing, f"PlanRuns gone before they finished: {sorted(missing)}"
+            for n, state in list(later.items()):
+                phase = (objs[n].get("status") or {}).get("phase")
+                if (
+                    phase in ("Dispatched", "Running", "Paused")
+                    or phase in TERMINAL
+                    or self.held_state(objs[n])
+                ):
+                    self.patch_state(n, state)
+                    del later[n]
             waiting = {
                 n: o
                 for n, o in objs.items()
                 if (o.get("status") or {}).get("phase") not in TERMINAL
                 and (released or not self.held_state(o))
             }
-            if not waiting:
+            if not waiting and not later:
                 return objs
             if time.monotonic() > deadline:
                 report = [
@@ -383,7 +397,7 @@ class Fuzzer:
                     f"stalled: {len(waiting)} PlanRuns not in a documented final state after "
                     f"{allowance:.0f} s:\n" + "\n".join(report)
                 )
-            time.sleep(0.2)
+            time.sleep(0.02 if later else 0.2)
 
     # checks --------------------------------------------------------------------------------------
 
@@ -431,6 +445,9 @@ class Fuzzer:
             assert NAMES_FIELD.match(message), f"Rejected without naming the field: {what}"
         if phase == "Failed" and reason == "PlanFailed":
             self.fig.plan_failures[message.splitlines()[0][:160] if message else "(no message)"] += 1
+        assert len(message) <= MAX_MESSAGE, f"status.message over {MAX_MESSAGE} characters: {what}"
+        if phase == "Succeeded" and case.valid and obj["spec"]["plan"] != "move_to":
+            assert status.get("runUids") and status.get("documents", {}).get("stop"), what
         cond = next((c for c in status.get("conditions") or () if c.get("type") == "Succeeded"), None)
         assert cond is not None and cond["status"] == ("True" if phase == "Succeeded" else "False"), what
         expected = self.expected(case, obj)
