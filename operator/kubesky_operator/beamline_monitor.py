@@ -365,6 +365,9 @@ class BeamlineMonitor:
     async def write_status(self, bl: BeamlineView) -> None:
         wanted = self._status(bl).wire()
         current = dict(bl.status)
+        # The worker's field: written from this (possibly older) view it could go back, and a scan
+        # number be given twice.
+        current.pop("lastScanId", None)
         if _same(current, wanted):
             return
         patch: dict[str, Any] = {k: wanted.get(k) for k in set(wanted) | set(current)}

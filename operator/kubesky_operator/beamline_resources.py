@@ -205,7 +205,8 @@ def service_account(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
 
 
 def role(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
-    """Least privilege of a worker: read PlanRuns, write their status, in its namespace only."""
+    """Least privilege of a worker: read PlanRuns and write their status in its namespace; read its
+    own Beamline and write its status (scan numbers)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -213,6 +214,14 @@ def role(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
         "rules": [
             {"apiGroups": [GROUP], "resources": ["planruns"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [GROUP], "resources": ["planruns/status"], "verbs": ["get", "patch"]},
+            # its own Beamline only: the scan numbers it reserves in status.lastScanId
+            {"apiGroups": [GROUP], "resources": ["beamlines"], "verbs": ["get"], "resourceNames": [beamline]},
+            {
+                "apiGroups": [GROUP],
+                "resources": ["beamlines/status"],
+                "verbs": ["patch"],
+                "resourceNames": [beamline],
+            },
         ],
     }
 

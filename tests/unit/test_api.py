@@ -67,7 +67,7 @@ def test_status_round_trip():
         "documents": {"start": 1},
         "progress": {"done": 1, "text": "1/?"},
     }
-    assert PlanRunStatus.model_validate(wire).wire() == {**wire, "conditions": []}
+    assert PlanRunStatus.model_validate(wire).wire() == {**wire, "conditions": [], "scanIds": []}
 
 
 def test_endpoint_requires_token_secret():

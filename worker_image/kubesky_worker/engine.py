@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .plans import PlanEntry, PlanManager
 from .publisher import Publisher, Unpublishable
 from .runs import Run, RunHistory
+from .scan_ids import ScanIds
 from .status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,13 @@ class Engine:
             self.publisher.check_start(self._doc_run, md)
 
         RE.md_validator = validate_start
+        scan_ids = ScanIds(self.config.beamline, self.status.custom_objects if self.status.enabled else None)
+
+        def next_scan_id(md: dict[str, Any]) -> int:
+            run = self._doc_run
+            return scan_ids.next(run.planrun.namespace if run is not None and run.planrun else None)
+
+        RE.scan_id_source = next_scan_id
         factories, errors = collect_factories(self.config.devices)
         registry = asyncio.run_coroutine_threadsafe(build_devices(factories), RE.loop).result()
         self.devices = registry

@@ -71,6 +71,7 @@ class _Tracker:
     future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
     # accounting not yet applied to the run (applied once per round, not per document)
     new_uids: list[str] = field(default_factory=list)
+    new_scan_ids: list[int] = field(default_factory=list)
     new_total: int = 0
     has_total: bool = False
     done_delta: int = 0
@@ -484,6 +485,9 @@ class Publisher:
             self._last_key = key
             if tr is not None:
                 tr.new_uids.append(uid)
+                scan_id = doc.get("scan_id")
+                if isinstance(scan_id, int) and not isinstance(scan_id, bool):
+                    tr.new_scan_ids.append(scan_id)
                 num = doc.get("num_points")
                 # A plan may put anything there (count with num=-1 gives -1): no total beats a bad one.
                 if isinstance(num, int) and not isinstance(num, bool) and num >= 0:
@@ -552,6 +556,7 @@ class Publisher:
 
             def upd(r: Run, tr: _Tracker = tr) -> None:
                 r.run_uids.extend(u for u in tr.new_uids if u not in r.run_uids)
+                r.scan_ids.extend(tr.new_scan_ids)
                 if tr.has_total:
                     r.progress_total = (r.progress_total or 0) + tr.new_total
                 r.progress_done += tr.done_delta
@@ -570,6 +575,7 @@ class Publisher:
                 counts[n] = counts.get(n, 0) + c
             tr.run.update(upd)
             tr.new_uids = []
+            tr.new_scan_ids = []
             tr.new_total = 0
             tr.has_total = False
             tr.done_delta = 0

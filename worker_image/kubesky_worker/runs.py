@@ -46,6 +46,7 @@ class Run:
         self.lock = threading.Lock()
         self.phase: Phase = Phase.DISPATCHED
         self.run_uids: list[str] = []
+        self.scan_ids: list[int] = []
         self.documents: dict[str, int] = {}
         self.progress_done = 0
         self.progress_total: int | None = None
@@ -148,6 +149,7 @@ class Run:
                 plan=self.plan,
                 phase=self.phase,
                 run_uids=list(self.run_uids),
+                scan_ids=list(self.scan_ids),
                 documents=dict(self.documents),
                 progress=self.progress(),
                 exit_status=self.exit_status,

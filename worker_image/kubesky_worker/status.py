@@ -165,6 +165,10 @@ class StatusWriter:
             time.sleep(0.02)
         return False
 
+    def custom_objects(self) -> Any:
+        """The kubernetes CustomObjectsApi the writer uses (also for the Beamline's scan numbers)."""
+        return self._client()
+
     # -- thread ----------------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._api is None:
@@ -299,7 +303,7 @@ class StatusWriter:
     def _status_body(self, record: Any, include_phase: bool, counters_only: bool = False) -> dict[str, Any]:
         wire = record.wire()
         status: dict[str, Any] = {}
-        keys = ["runUids", "documents", "progress", "planSetHash", "kafka", "worker"]
+        keys = ["runUids", "scanIds", "documents", "progress", "planSetHash", "kafka", "worker"]
         if not counters_only:
             keys += ["startTime", "completionTime", "exitStatus", "reason", "message"]
         for key in keys:

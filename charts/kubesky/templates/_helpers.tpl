@@ -55,13 +55,14 @@ Roles, so it holds what they grant (get/list/watch planruns, get/patch planruns/
 escalation check refuses a Role granting more than its creator holds. */}}
 {{- define "kubesky.operatorNamespacedRules" -}}
 # kopf watches PlanRuns and Beamlines and patches them (its finalizer, its progress annotations);
-# the operator patches a PlanRun's spec.state/priority back and its status. get: worker Roles.
+# the operator patches a PlanRun's spec.state/priority back and its status. get: worker Roles
+# (a worker reads its PlanRuns and its own Beamline, and reserves scan numbers in its status).
 - apiGroups: ["kubesky.io"]
   resources: ["planruns"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubesky.io"]
   resources: ["beamlines"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubesky.io"]
   resources: ["planruns/status"]
   verbs: ["get", "patch"]

@@ -158,6 +158,15 @@ class BeamlineSpec(ApiModel):
     suspend: bool = Field(
         default=False, description="When true the queue is held: nothing new is dispatched."
     )
+    next_scan_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**53,
+        description=(
+            "The next scan number (start document scan_id) is at least this. Scan numbers only grow: "
+            "a value at or below status.lastScanId changes nothing."
+        ),
+    )
 
 
 class PlanInfo(ApiModel):
@@ -181,4 +190,11 @@ class BeamlineStatus(ApiModel):
     plan_set_changed: datetime | None = Field(default=None, description="When planSetHash last changed.")
     current_run: str | None = Field(default=None, description="Name of the PlanRun running now.")
     queue_length: int | None = Field(default=None, description="PlanRuns waiting on this beamline.")
+    last_scan_id: int | None = Field(
+        default=None,
+        description=(
+            "The last scan number the worker gave a run (it reserves each here before the start "
+            "document, so numbers never repeat across worker restarts)."
+        ),
+    )
     observed_generation: int | None = Field(default=None, description="Last .metadata.generation acted on.")

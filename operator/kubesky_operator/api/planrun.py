@@ -160,6 +160,9 @@ class PlanRunStatus(ApiModel):
     run_uids: list[str] = Field(
         default_factory=list, description="bluesky start-document uids; one plan may open several runs."
     )
+    scan_ids: list[int] = Field(
+        default_factory=list, description="The start documents' scan_id numbers, in the order of runUids."
+    )
     documents: dict[str, int] = Field(
         default_factory=dict, description="Number of documents published, by document name."
     )

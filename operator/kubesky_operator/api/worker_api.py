@@ -66,6 +66,7 @@ class RunRecord(ApiModel):
     plan: str
     phase: Phase
     run_uids: list[str] = Field(default_factory=list)
+    scan_ids: list[int] = Field(default_factory=list)
     documents: dict[str, int] = Field(default_factory=dict)
     progress: Progress | None = None
     exit_status: str | None = None

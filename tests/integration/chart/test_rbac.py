@@ -181,6 +181,7 @@ OPERATOR_MAY = [
     ("patch", "planruns.kubesky.io", NS),
     ("patch", "planruns.kubesky.io/status", NS),
     ("watch", "beamlines.kubesky.io", NS),
+    ("get", "beamlines.kubesky.io", NS),  # granted on to its workers (their own Beamline)
     ("patch", "beamlines.kubesky.io/status", NS),
     ("update", "beamlines.kubesky.io/finalizers", NS),
     ("create", "events", NS),
@@ -220,7 +221,6 @@ OPERATOR_MAY_NOT = [
     ("create", "planruns.kubesky.io", NS),  # PlanRuns and Beamlines are the users'
     ("delete", "planruns.kubesky.io", NS),
     ("update", "planruns.kubesky.io", NS),
-    ("get", "beamlines.kubesky.io", NS),
     ("create", "beamlines.kubesky.io", NS),
     ("update", "planruns.kubesky.io/finalizers", NS),
     ("patch", "events.events.k8s.io", NS),

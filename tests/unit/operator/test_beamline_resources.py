@@ -95,6 +95,13 @@ def test_role_is_least_privilege() -> None:
     assert role["rules"] == [
         {"apiGroups": ["kubesky.io"], "resources": ["planruns"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["kubesky.io"], "resources": ["planruns/status"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["kubesky.io"], "resources": ["beamlines"], "verbs": ["get"], "resourceNames": ["sim"]},
+        {
+            "apiGroups": ["kubesky.io"],
+            "resources": ["beamlines/status"],
+            "verbs": ["patch"],
+            "resourceNames": ["sim"],
+        },
     ]
     rb = objs()["RoleBinding"]
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": worker_name("sim"), "namespace": "ns"}]
