@@ -239,7 +239,7 @@ def granted(rules: list[Doc]) -> set[tuple[str, str]]:
 # those of the NetworkPolicy and TLS Secret per worker it is about to manage.
 OPERATOR_GRANTS = {
     *{("planruns.kubesky.io", v) for v in ("get", "list", "watch", "patch")},
-    *{("beamlines.kubesky.io", v) for v in ("list", "watch", "patch")},
+    *{("beamlines.kubesky.io", v) for v in ("get", "list", "watch", "patch")},
     ("planruns.kubesky.io/status", "get"),
     ("planruns.kubesky.io/status", "patch"),
     ("beamlines.kubesky.io/status", "patch"),
