@@ -139,7 +139,8 @@ class _JSONRoute(APIRoute):
             request = _JSONRequest(request.scope, request.receive)
             content_type = request.headers.get("content-type", "")
             if takes_body and await request.body() and not _is_json(content_type):
-                raise _BodyRefused(415, f"request body must be application/json, not {content_type!r}")
+                sent = f"not {content_type!r}" if content_type else "it came without a Content-Type"
+                raise _BodyRefused(415, f"request body must be application/json; {sent}")
             return await handler(request)
 
         return handle
@@ -255,9 +256,9 @@ def create_app(worker: Worker) -> FastAPI:
         prefix=API_PREFIX, dependencies=[Security(bearer)], route_class=_JSONRoute, responses=_ALWAYS
     )
 
-    # The routes that take the engine's lock (or may load plans) are sync, run in the threadpool:
-    # the lock is held while the RunEngine's loop is busy (a stop waits for it while a plan
-    # computes), and waiting for it on the event loop froze every request, /healthz included.
+    # The routes that may wait (for the engine's lock, or for a plan set to load: a run of a plan
+    # just rolled out loads it) are sync, run in the threadpool: waiting on the event loop held
+    # every other request, /healthz and /readyz included.
     @v1.get("/state", response_model=WorkerState)
     def state() -> JSONResponse:
         return _json(worker.engine.state())
@@ -311,7 +312,6 @@ def create_app(worker: Worker) -> FastAPI:
         },
     )
     def control(run_id: str, req: ControlRequest) -> JSONResponse:
-        # sync: runs in the threadpool (request_pause waits for the RunEngine's loop to acknowledge)
         run = worker.engine.control(run_id, req.action)
         return _json(run.record())
 
