@@ -1,10 +1,13 @@
 """kubesky as a Kubernetes workload on a real kubelet: the chart installed with the images built
 here, the operator and the workers as pods, the example beamline from `kubectl apply -k examples/`,
 plan rollout through the kubelet's ConfigMap projection, a worker lost mid-run, NetworkPolicy
-enforced, and the operator restarted mid-queue. The tests share one install and run in order."""
+enforced (the chart's and the one the operator creates with the worker), the operator reaching the
+worker over TLS with its CA, and the operator restarted mid-queue. The tests share one install and
+run in order."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -12,7 +15,7 @@ from collections import Counter
 
 import pytest
 import yaml
-from kubesky_operator.beamline_resources import worker_name
+from kubesky_operator.beamline_resources import tls_secret_name, worker_name
 
 from tests.helpers.kafka_docs import KafkaDoc, check_run_order, read_range, validate_documents
 from tests.infra.node import LAB, RELEASE_NS, NodeCluster
@@ -253,21 +256,35 @@ def test_worker_process_killed_mid_run(examples: NodeCluster) -> None:
     lose_worker_mid_run(examples, "kill")
 
 
-def probe_pod(nc: NodeCluster, name: str, ns: str, target: str, port: int) -> str:
-    """A pod (restricted, the worker image for its Python) that tries one TCP connection."""
+def probe_pod(
+    nc: NodeCluster,
+    name: str,
+    ns: str,
+    target: str,
+    port: int,
+    labels: dict[str, str] | None = None,
+    patience: float = 0,
+) -> str:
+    """A pod (restricted, the worker image for its Python) that tries one TCP connection, again
+    each second for `patience` seconds while refused (a new pod's address reaches the policy rules
+    that admit it by its labels a moment after it starts)."""
     cp = cp_of(nc)
     repo, tag = nc.image("worker")
     code = (
-        "import socket,sys\n"
-        "try:\n"
-        f"    socket.create_connection(({target!r}, {port}), timeout=5).close(); print('CONNECTED')\n"
-        "except OSError as e:\n"
-        "    print('REFUSED', type(e).__name__, e)\n"
+        "import socket,time\n"
+        f"deadline = time.monotonic() + {patience}\n"
+        "while True:\n"
+        "    try:\n"
+        f"        socket.create_connection(({target!r}, {port}), timeout=5).close(); print('CONNECTED'); break\n"
+        "    except OSError as e:\n"
+        "        if time.monotonic() >= deadline:\n"
+        "            print('REFUSED', type(e).__name__, e); break\n"
+        "        time.sleep(1)\n"
     )
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
         "spec": {
             "restartPolicy": "Never",
             "securityContext": {
@@ -319,6 +336,129 @@ def test_network_policy_admits_only_the_operator(examples: NodeCluster) -> None:
     name = f"netpol-{uuid.uuid4().hex[:6]}"
     submit(cp, name, "count", {"detectors": ["det"], "num": 2})
     assert wait_phase(examples, name, TERMINAL)["status"]["phase"] == "Succeeded"
+
+
+def operator_pod(cp: ControlPlane) -> dict:
+    return get_json(cp, "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=kubesky-operator")["items"][0]
+
+
+def test_operator_reaches_the_worker_over_tls(examples: NodeCluster) -> None:
+    """The worker serves HTTPS with the certificate the operator issued it; the operator's pod
+    verifies it with the operator's CA for the Service's name (the system's trust store does not),
+    plain HTTP gets no answer, the kubelet probes over HTTPS, and runs succeed."""
+    cp = cp_of(examples)
+    wait_for("Beamline sim Ready", lambda: beamline_ready(cp), 120, examples)
+    service = f"{worker_name('sim')}.{LAB}.svc"
+    port = get_json(cp, "service", worker_name("sim"), "-n", LAB)["spec"]["ports"][0]["port"]
+    status = get_json(cp, "beamline", "sim", "-n", LAB)["status"]
+    assert status["endpoint"] == f"https://{service}:{port}", status
+    ca_secret = get_json(cp, "secret", "kubesky-worker-ca", "-n", RELEASE_NS)
+    assert ca_secret, "no CA Secret in the operator's namespace"
+    ca_pem = base64.b64decode(ca_secret["data"]["ca.crt"]).decode()
+    tls = get_json(cp, "secret", tls_secret_name("sim"), "-n", LAB)
+    assert tls["type"] == "kubernetes.io/tls" and base64.b64decode(tls["data"]["ca.crt"]).decode() == ca_pem
+    pod = worker_pod(cp)
+    c = pod["spec"]["containers"][0]
+    assert {c[p]["httpGet"]["scheme"] for p in ("startupProbe", "livenessProbe", "readinessProbe")} == {
+        "HTTPS"
+    }
+    assert pod_ready(pod)
+    logs = cp.kubectl("logs", "-n", LAB, pod["metadata"]["name"]).stdout
+    assert "listening on https://" in logs, logs[-2000:]
+    code = "\n".join(
+        [
+            "import socket, ssl",
+            f"ca, host, port = {ca_pem!r}, {service!r}, {port}",
+            "with socket.create_connection((host, port), timeout=5) as raw:",
+            "    with ssl.create_default_context(cadata=ca).wrap_socket(raw, server_hostname=host) as t:",
+            "        names = sorted(v for k, v in t.getpeercert()['subjectAltName'])",
+            "        print('VERIFIED', t.version(), *names)",
+            "try:",
+            "    with socket.create_connection((host, port), timeout=5) as raw:",
+            "        ssl.create_default_context().wrap_socket(raw, server_hostname=host).close()",
+            "    print('SYSTEM-TRUSTED')",
+            "except ssl.SSLCertVerificationError:",
+            "    print('SYSTEM-REFUSED')",
+            "with socket.create_connection((host, port), timeout=5) as raw:",
+            "    raw.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')",
+            "    try:",
+            "        answer = raw.recv(64)",
+            "    except OSError:",
+            "        answer = b''",
+            "    print('PLAIN-ANSWERED' if answer.startswith(b'HTTP/') else 'PLAIN-REFUSED')",
+        ]
+    )
+    out = cp.kubectl(
+        "exec", "-n", RELEASE_NS, operator_pod(cp)["metadata"]["name"], "--", "python", "-c", code
+    )
+    lines = out.stdout.split("\n")
+    verified = lines[0].split()
+    assert verified[0] == "VERIFIED" and verified[1] in ("TLSv1.2", "TLSv1.3"), out.stdout
+    assert verified[2:] == sorted([service, f"{service}.cluster.local"]), out.stdout
+    assert lines[1:3] == ["SYSTEM-REFUSED", "PLAIN-REFUSED"], out.stdout
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    submit(cp, name, "count", {"detectors": ["det"], "num": 2})
+    assert wait_phase(examples, name, TERMINAL)["status"]["phase"] == "Succeeded"
+
+
+def test_the_operators_network_policy_admits_only_the_operator(examples: NodeCluster) -> None:
+    """The NetworkPolicy the operator creates with the worker, alone (the chart's is set aside for
+    the test): a pod of the worker's namespace and one of the operator's namespace are refused; a
+    pod with the operator's labels is admitted from the operator's namespace only; the operator
+    itself gets through."""
+    cp = cp_of(examples)
+    wait_for("Beamline sim Ready", lambda: beamline_ready(cp), 120, examples)
+    service = f"{worker_name('sim')}.{LAB}.svc"
+    port = get_json(cp, "service", worker_name("sim"), "-n", LAB)["spec"]["ports"][0]["port"]
+    policy = get_json(cp, "networkpolicy", worker_name("sim"), "-n", LAB)
+    assert policy, "the operator created no NetworkPolicy with the worker"
+    beamline = get_json(cp, "beamline", "sim", "-n", LAB)
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == beamline["metadata"]["uid"]
+    operator_labels = {"app.kubernetes.io/name": "kubesky-operator", "app.kubernetes.io/instance": "kubesky"}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NS}},
+            "podSelector": {"matchLabels": operator_labels},
+        }
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+    chart_policy = get_json(cp, "networkpolicy", "kubesky-workers", "-n", LAB)
+    assert chart_policy, "the chart's NetworkPolicy is missing"
+    cp.kubectl("delete", "networkpolicy", "kubesky-workers", "-n", LAB)
+    try:
+        time.sleep(2)  # kube-router follows NetworkPolicy events
+        assert probe_pod(examples, "probe-op-kafka", LAB, "kafka.kafka.svc", 9092).startswith("CONNECTED")
+        refused = probe_pod(examples, "probe-op-worker", LAB, service, port)
+        assert refused.startswith("REFUSED"), refused
+        refused = probe_pod(examples, "probe-op-release-ns", RELEASE_NS, service, port)
+        assert refused.startswith("REFUSED"), refused
+        # The operator's labels admit a pod in the operator's namespace, not in another one (each
+        # tries for 20 s: the refusal is the policy's, not a new pod not yet known to the rules).
+        refused = probe_pod(
+            examples, "probe-op-labels-lab", LAB, service, port, labels=operator_labels, patience=20
+        )
+        assert refused.startswith("REFUSED"), refused
+        admitted = probe_pod(
+            examples, "probe-op-labels", RELEASE_NS, service, port, labels=operator_labels, patience=20
+        )
+        assert admitted.startswith("CONNECTED"), admitted
+        code = (
+            f"import socket; socket.create_connection(({service!r}, {port}), timeout=5); print('CONNECTED')"
+        )
+        out = cp.kubectl(
+            "exec", "-n", RELEASE_NS, operator_pod(cp)["metadata"]["name"], "--", "python", "-c", code
+        )
+        assert out.stdout.strip() == "CONNECTED"
+        name = f"opnetpol-{uuid.uuid4().hex[:6]}"
+        submit(cp, name, "count", {"detectors": ["det"], "num": 2})
+        assert wait_phase(examples, name, TERMINAL)["status"]["phase"] == "Succeeded"
+    finally:
+        meta = chart_policy["metadata"]
+        for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
+            meta.pop(key, None)
+        chart_policy.pop("status", None)
+        cp.kubectl("create", "-f", "-", input=json.dumps(chart_policy))
 
 
 def test_operator_restarted_mid_queue_runs_each_once(examples: NodeCluster) -> None:
