@@ -93,10 +93,12 @@ async def ensure_tls_secret(
     except (worker_tls.CAUnusable, ApiError) as exc:
         raise ObjectNotApplied(f"Secret/{secret}: no CA to issue the worker's certificate: {exc}") from exc
     dns_names = worker_tls.worker_dns_names(name, namespace, settings.cluster_domain)
-    existing = await api.get(path)
+    # Metadata first: the contents of a Secret that is not this Beamline's are never read.
+    meta = await api.get_metadata(path)
+    if meta is not None and not _owned(meta, uid):
+        raise _not_owned("Secret", secret)
+    existing = await api.get(path) if meta is not None else None
     if existing is not None:
-        if not _owned(existing, uid):
-            raise _not_owned("Secret", secret)
         data = existing.get("data") or {}
         try:
             cert_pem, key_pem = (base64.b64decode(data.get(k) or "") for k in (TLS_CERT_KEY, TLS_KEY_KEY))

@@ -190,6 +190,11 @@ class FakeApi:
         self.calls.append(("GET", path))
         return self.objects.get(path)
 
+    async def get_metadata(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(("GET metadata", path))
+        obj = self.objects.get(path)
+        return {"metadata": obj["metadata"]} if obj is not None else None
+
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("POST", path))
         full = f"{path}/{body['metadata']['name']}"
@@ -275,7 +280,7 @@ async def test_tls_secret_created_then_kept_then_renewed(monkeypatch) -> None:
     # Good for 90 days: nothing written again.
     api.calls.clear()
     assert await ensure_tls_secret(api, settings, "sim", "lab", "uid-1") is None  # type: ignore[arg-type]
-    assert [c[0] for c in api.calls] == ["GET"]
+    assert [c[0] for c in api.calls] == ["GET metadata", "GET"]
     # 61 days on, it is reissued in place (same Secret, so the Deployment does not change).
     later = datetime.now(UTC) + timedelta(days=61)
     real = CertificateAuthority.renewal_reason
@@ -309,7 +314,7 @@ async def test_tls_secret_of_someone_else_is_not_taken_over() -> None:
     api.objects[SECRET] = {"metadata": {"name": tls_secret_name("sim")}, "data": {}}
     with pytest.raises(NotAllowed, match="does not belong to this Beamline"):
         await ensure_tls_secret(api, OperatorSettings(), "sim", "lab", "uid-1")  # type: ignore[arg-type]
-    assert [c[0] for c in api.calls] == ["GET"]
+    assert [c[0] for c in api.calls] == ["GET metadata"]  # its contents never read
 
 
 # The token goes out only to a verified worker -----------------------------------------------------
