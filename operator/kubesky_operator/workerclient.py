@@ -123,7 +123,10 @@ class WorkerClient:
                 timeout=self._timeout,
                 ssl=self.ssl if self.ssl is not None else True,
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE + 1)
+                # read(n) returns what has arrived, up to n bytes: read on to the end
+                raw = bytearray()
+                while chunk := await resp.content.read(MAX_RESPONSE + 1 - len(raw)):
+                    raw += chunk
                 if len(raw) > MAX_RESPONSE:
                     raise WorkerUnreachable(f"{method} {url}: answer over {MAX_RESPONSE} bytes")
                 text = raw.decode(errors="replace")

@@ -65,6 +65,7 @@ class Case:
     later: str | None = None  # spec.state patched to this once the batch is created...
     later_when: str = "now"  # ... at once, or once the run is "active" (or done, or held)
     unknown: str | None = None  # a spec field the CRD does not declare (refused by kubectl only)
+    name_suffix: str = ""  # after the test's unique prefix: names up to 253 characters, dotted
     release: str = "Abort"  # spec.state a run held (Pause, missing Beamline) is patched to, to end it
     notes: list[str] = field(default_factory=list)
 
@@ -656,6 +657,7 @@ def planrun_cases(draw: Any) -> Case:
         long_risk=long_risk,
         later=later,
         later_when=draw(st.sampled_from(("now", "active"))),
+        name_suffix=draw(choice((8, ""), (1, "." + "a" * 63), (1, "-" + "x" * 250), (1, ".b-c.d0.9"))),
         release=draw(choice((2, "Run"), (1, "Stop"), (1, "Abort"))),
         notes=notes,
     )

@@ -233,7 +233,7 @@ class Fuzzer:
         named: dict[str, Case] = {}
         for case in cases:
             self.serial += 1
-            name = f"fz-{self.serial:06d}"
+            name = f"fz-{self.serial:06d}{case.name_suffix}"[:253]
             case.body["metadata"] = {"name": name, "labels": {LABEL: batch}}
             if case.path == APPLY_YAML and has_chars(case.body, SURROGATE):
                 case.via(APPLY_JSON)  # YAML cannot carry a lone surrogate; JSON escapes it
@@ -625,3 +625,64 @@ def test_a_timeout_past_what_a_timer_can_wait_is_no_timeout(
         f.seek(offset)
         log = f.read().decode(errors="replace")
     assert "Exception in thread" not in log and "OverflowError" not in log, log[-3000:]
+
+
+def test_a_long_rejection_is_read_whole(cluster, api, namespace, operator, beamlines):
+    """5,000 unknown parameters: the worker's 422 names each (~400 KB). The operator read only the
+    first chunk of an answer, could not parse it, and Rejected the PlanRun with reason "Rejected"
+    and the raw JSON text as its message. It reads the answer whole."""
+    beamlines(BEAMLINE)
+    params = {"detectors": ["det"], **{f"k{i}": i for i in range(5000)}}
+    api.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "planruns",
+        manifest("many", beamline=BEAMLINE, plan="count", params=params),
+    )
+    run = wait_terminal(api, namespace, "many")
+    status = run["status"]
+    assert (status["phase"], status["reason"]) == ("Rejected", "InvalidParams"), status
+    assert status["message"].startswith("params.k0: unknown parameter of plan 'count'; params.k1: "), status
+    assert status["message"].endswith("more characters cut)") and len(status["message"]) <= MAX_MESSAGE
+
+
+async def test_the_worker_client_reads_an_answer_in_many_chunks():
+    """The same, against a server that sends its 422 in pieces with pauses between them."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from kubesky_operator.api import RunRequest
+    from kubesky_operator.workerclient import SubmitOutcome, WorkerClient
+
+    errors = [
+        {"loc": ["params", f"k{i}"], "msg": "unknown parameter", "type": "extra_forbidden"}
+        for i in range(3000)
+    ]
+    body = json.dumps({"detail": errors}).encode()
+
+    async def runs(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=422, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for i in range(0, len(body), 10_000):
+            await resp.write(body[i : i + 10_000])
+            await asyncio.sleep(0.001)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/runs", runs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = WorkerClient(session, f"http://127.0.0.1:{port}", "token")
+            result = await client.submit(RunRequest(id="x", plan="count"))
+    finally:
+        await runner.cleanup()
+    assert result.outcome == SubmitOutcome.REJECTED
+    assert [e.path for e in result.errors] == [f"params.k{i}" for i in range(3000)]
