@@ -333,9 +333,11 @@ def test_worker_identity_granted_by_the_operator(installed: Installed, tmp_path:
         lambda: custom.create_namespaced_custom_object(
             GROUP, VERSION, "beamlines", "planruns", _planrun("new")
         ),
+        # its own Beamline's status only (scan numbers): not another's
         lambda: custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, "beamlines", "beamlines", "i22", {"status": {"phase": "Ready"}}
+            GROUP, VERSION, "beamlines", "beamlines", "i23", {"status": {"phase": "Ready"}}
         ),
+        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, "beamlines", "beamlines", "i23"),
         lambda: client.CoreV1Api(kc.api_client(worker_kc)).read_namespaced_secret(
             beamline_resources.token_secret_name("i22"), "beamlines"
         ),
@@ -346,6 +348,7 @@ def test_worker_identity_granted_by_the_operator(installed: Installed, tmp_path:
         assert err.value.status == 403, err.value.body
     for verb, resource, ns in [("delete", "planruns.kubesky.io", "beamlines"), ("list", "pods", "beamlines")]:
         assert not can_i(kc, worker_kc, verb, resource, ns)
+    assert custom.get_namespaced_custom_object(GROUP, VERSION, "beamlines", "beamlines", "i22")
     assert can_i(kc, worker_kc, "patch", "planruns.kubesky.io/status", "beamlines")
     assert not can_i(kc, worker_kc, "patch", "planruns.kubesky.io/status", "lab")
 
