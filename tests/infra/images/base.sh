@@ -8,6 +8,9 @@
 # `pip` exist, `python -m pip install` works (no EXTERNALLY-MANAGED marker), PATH and LANG=C.UTF-8
 # are set, no apt lists/caches/docs. Unlike it, Python is Debian's (/usr/bin, 3.11.2 + Debian fixes)
 # and pip is Debian's 23.0.1, which trusts /etc/ssl/certs/ca-certificates.crt rather than certifi.
+# Only the Dockerfiles' build stage runs on it: their runtime step also uses ldd, ldconfig,
+# dpkg-query, chroot, tar, awk and find, which the official image and minbase both have
+# (Essential/required packages), and copies out of it only what the interpreter loads.
 #
 # Usage: base.sh <cache dir>. Cached by the content of this script (which holds the package list;
 # comment lines excluded)
