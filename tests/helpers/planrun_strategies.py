@@ -362,9 +362,11 @@ def mutated_params(draw: Any, plan: str, surrogates: bool) -> tuple[dict[str, An
                 if k in p:
                     p[k] = name
             if "detectors" in p:
-                p["detectors"] = [*p["detectors"], name]
+                dets = p["detectors"]
+                p["detectors"] = [*dets, name] if isinstance(dets, list) else [name]
             if "args" in p:
-                p["args"] = [name, *p["args"][1:]]
+                args = p["args"]
+                p["args"] = [name, *args[1:]] if isinstance(args, list) else [name, 0, 1]
         elif how == "number":
             k = draw(st.sampled_from(("num", "delay", "fail_after", "start", "stop", "position")))
             p[k] = draw(numbers())
