@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node crds crds-check lint test test-unit test-integration demo dev-up dev-down \
-        bench bench-worker bench-operator bench-reload clean
+        bench bench-worker bench-operator bench-reload soak clean
 
 all: test
 
@@ -90,6 +90,12 @@ dev-down: venv
 	$(PY) -m tests.infra.dev down
 
 bench: bench-worker bench-operator bench-reload bench-node
+
+# The fuzzing `make test` runs, at length (tens of minutes): the worker API with 500 examples per
+# operation, and the generated PlanRuns with the Hypothesis profile "soak".
+soak: venv infra
+	KUBESKY_FUZZ=soak KUBESKY_FUZZ_EXAMPLES=500 $(PY) -m pytest -ra -s \
+		tests/integration/worker/test_fuzz_api.py tests/integration/operator/test_fuzz_planruns.py
 
 bench-worker: venv infra
 	$(PY) tests/bench/bench_worker.py

@@ -171,7 +171,8 @@ class WorkerClient:
             return SubmitResult(SubmitOutcome.KNOWN)
         if status == 409:
             return SubmitResult(SubmitOutcome.BUSY, detail=text[:500])
-        if status in (400, 404, 422):
+        # 413/415: the request itself was refused (too large, not JSON); retrying cannot help
+        if status in (400, 404, 413, 415, 422):
             errors, detail = parse_error_detail(text)
             return SubmitResult(SubmitOutcome.REJECTED, errors=errors, detail=detail)
         raise WorkerUnreachable(f"POST /v1/runs: unexpected HTTP {status}")
