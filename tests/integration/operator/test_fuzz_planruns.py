@@ -276,18 +276,23 @@ class Fuzzer:
         self.seen = {n: self.outcome(o) for n, o in objs.items()}
         held = {n: o for n, o in objs.items() if o["status"]["phase"] not in TERMINAL}
         for name, obj in held.items():
-            self.fig.held[f"{obj['status']['phase']}/{obj['spec'].get('state')}"] += 1
-            self._check_held(name, named[name], obj)
-            state = named[name].release
-            if obj["spec"]["beamline"] != BEAMLINE and state == "Run":
-                state = "Abort"  # Run would leave it Pending: no such Beamline
-            self.patch_state(name, state)
+            self.release(name, named[name], obj)
         if held:
             objs.update(self.settle({n: named[n] for n in held}, released=True))
             self.seen.update({n: self.outcome(o) for n, o in objs.items()})
         for name, obj in objs.items():
             self._check_final(name, named[name], obj)
         self.after_batch(batch)
+
+    def release(self, name: str, case: Case, obj: dict[str, Any]) -> str:
+        """Check a PlanRun held where the docs say it waits, then patch spec.state to end it."""
+        self.fig.held[f"{obj['status']['phase']}/{obj['spec'].get('state')}"] += 1
+        self._check_held(name, case, obj)
+        state = case.release
+        if obj["spec"]["beamline"] != BEAMLINE and state == "Run":
+            state = "Abort"  # Run would leave it Pending: no such Beamline
+        self.patch_state(name, state)
+        return state
 
     def apply(self, case: Case) -> str | None:
         """Send the manifest; None when the apiserver took it, else its message."""
@@ -376,6 +381,11 @@ class Fuzzer:
                 ):
                     self.patch_state(n, state)
                     del later[n]
+            for n, o in objs.items():
+                if not released and self.held_state(o) == "Paused/Pause":
+                    # a paused run holds the beamline (the rest of the batch queues behind it):
+                    # released at once
+                    o["spec"]["state"] = self.release(n, named[n], o)
             waiting = {
                 n: o
                 for n, o in objs.items()
@@ -417,7 +427,7 @@ class Fuzzer:
 
     def keep(self, name: str, case: Case) -> str:
         """Write the manifest as sent where a failure report can point at it."""
-        path = self.workdir / f"{name}.json"
+        path = self.workdir / f"{name[:60]}.json"
         path.write_text(json.dumps({"path": case.path, "body": case.body, "sent": self.sent.get(name)}))
         return str(path)
 
