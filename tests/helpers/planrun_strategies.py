@@ -535,6 +535,8 @@ def planrun_cases(draw: Any) -> Case:
     elif pick in ("null", "absent"):
         params = None
         long_risk = True
+        if pick == "null":
+            may_refuse.add("spec.params")  # server-side apply keeps the null: not an object
     else:
         params = draw(wild_objects(sur))
         long_risk = True
@@ -594,6 +596,7 @@ def planrun_cases(draw: Any) -> Case:
         refuse.add("spec.priority")
     elif how == "null":
         spec["priority"] = None
+        may_refuse.add("spec.priority")  # server-side apply keeps the null: not of the field's type
     elif how == "maybe":
         spec["priority"] = draw(st.sampled_from(PRIORITIES_MAYBE))
         may_refuse.add("spec.priority")
@@ -611,6 +614,7 @@ def planrun_cases(draw: Any) -> Case:
         refuse.add("spec.state")
     elif how == "null":
         spec["state"] = None
+        may_refuse.add("spec.state")  # server-side apply keeps the null: not of the field's type
     if how != "absent":
         notes.append(f"state:{how}")
 
@@ -625,6 +629,7 @@ def planrun_cases(draw: Any) -> Case:
         spec["timeoutSeconds"] = draw(st.sampled_from(LONG_TIMEOUTS))
     elif how == "null":
         spec["timeoutSeconds"] = None
+        may_refuse.add("spec.timeoutSeconds")  # server-side apply keeps the null: not of the field's type
     elif how == "float":
         spec["timeoutSeconds"] = 30.0
 
