@@ -11,7 +11,9 @@ import uuid
 from collections import Counter
 
 import pytest
+import yaml
 
+from tests.helpers.beamlines import external_beamline
 from tests.helpers.kafka_docs import check_run_order, read_range, validate_documents
 from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config
@@ -132,9 +134,13 @@ def test_kafka_outage_is_visible_and_its_log_bounded(own_kafka, cluster, crds, n
 
     api = client.CustomObjectsApi(cluster.api_client())
     topic = f"visible-{uuid.uuid4().hex[:6]}.bluesky.runengine.documents"
-    cfg = sim_config("visible", kafka=own_kafka.bootstrap, topic=topic, kubeconfig=cluster.kubeconfig)
+    cfg = sim_config("sim", kafka=own_kafka.bootstrap, topic=topic, kubeconfig=cluster.kubeconfig)
     w = WorkerProcess(cfg, tmp_path / "worker")
     w.start()
+    # The Beamline of the PlanRun points at this worker: an operator the session runs (the operator
+    # tests') then supervises the run through the outage instead of declaring its worker lost.
+    docs = external_beamline("sim", namespace, w.url, w.token)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
     try:
         with w.client(timeout=10) as c:
             warm = _submit(c, 1)
