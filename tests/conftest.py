@@ -104,6 +104,6 @@ from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 from tests.infra.services import CACHE as _CACHE  # noqa: E402
 
 _examples = DirectoryBasedExampleDatabase(str(_CACHE / "hypothesis"))
-_hypothesis_settings.register_profile("default", max_examples=30, deadline=None, database=_examples)
+_hypothesis_settings.register_profile("default", max_examples=50, deadline=None, database=_examples)
 _hypothesis_settings.register_profile("soak", max_examples=500, deadline=None, database=_examples)
 _hypothesis_settings.load_profile("soak" if os.environ.get("KUBESKY_FUZZ") == "soak" else "default")
