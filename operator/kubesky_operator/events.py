@@ -1,8 +1,9 @@
 """Kubernetes Events for PlanRun and Beamline transitions, posted in the background.
 
-Posting never delays a dispatch: events go through a bounded queue drained by a few tasks within a
-budget of events per second, and when the queue is full (a burst of thousands of runs) the oldest
-are dropped.
+Posting never delays a dispatch: events go through bounded queues drained by a few tasks within a
+budget of events per second. The queues are per namespace and drained in turn, so one tenant's burst
+(thousands of runs) delays its own Events, not another namespace's; when the total is full, the
+oldest Event of the namespace holding the most is dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +42,11 @@ class EventRecorder:
         self._api = api
         self._gate = gate
         self._interval = senders / per_second if per_second > 0 else 0.0
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_pending)
+        self._max_pending = max_pending
+        # Insertion order of the dict is the round-robin order: a namespace served goes to the back.
+        self._pending: dict[str, deque[dict[str, Any]]] = {}
+        self._count = 0
+        self._ready = asyncio.Event()
         self._senders = senders
         self._tasks: list[asyncio.Task[None]] = []
         self._instance = socket.gethostname()
@@ -96,17 +102,39 @@ class EventRecorder:
             "lastTimestamp": ts,
             "count": 1,
         }
-        if self._queue.full():
-            try:
-                self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                pass
-            log.debug("event queue full: dropped the oldest event")
-        self._queue.put_nowait(event)
+        if self._count >= self._max_pending:
+            fullest = max(self._pending, key=lambda ns: len(self._pending[ns]))
+            self._pending[fullest].popleft()
+            self._count -= 1
+            if not self._pending[fullest]:
+                del self._pending[fullest]
+            log.debug("event queue full: dropped the oldest event of namespace %s", fullest)
+        self._pending.setdefault(namespace, deque()).append(event)
+        self._count += 1
+        self._ready.set()
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    def _next(self) -> dict[str, Any] | None:
+        if not self._pending:
+            return None
+        ns = next(iter(self._pending))
+        queue = self._pending.pop(ns)
+        event = queue.popleft()
+        self._count -= 1
+        if queue:
+            self._pending[ns] = queue  # to the back of the round
+        return event
 
     async def _send_loop(self) -> None:
         while True:
-            event = await self._queue.get()
+            event = self._next()
+            if event is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
             if self._gate is not None:
                 await self._gate.wait_clear()
             ns = event["metadata"]["namespace"]
