@@ -1,10 +1,20 @@
-"""kopf handlers for Beamlines: the store and monitor from watch events, and the owned worker
+"""kopf handlers for Beamlines: the store and monitor from watch events, the owned worker
 objects (ConfigMap, Secret, ServiceAccount, Role, RoleBinding, Deployment, Service) from the
-create/update/resume handlers (progress and diff-base kept in annotations, not in status)."""
+create/update/resume handlers (progress and diff-base kept in annotations, not in status), and the
+drain on deletion.
+
+Deletion goes through kopf's finalizer on the Beamline, not owner references with foreground
+deletion: foreground deletion is chosen by whoever deletes (kubectl's default is background) and
+only orders the removal of the worker's objects, so the worker pod would be killed mid-plan and the
+run lost. The finalizer holds the Beamline, and with it the worker its objects belong to, until the
+active run has been aborted on the worker and the queued runs cancelled (reason BeamlineDeleted).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -38,6 +48,24 @@ async def ensure_worker_objects(ctl: Controller, body: kopf.Body) -> list[str]:
     return done
 
 
+DRAIN_WAIT_SECONDS = 20.0  # per handler call; kopf calls again while runs remain
+
+
+async def drain_beamline(ctl: Controller, body: kopf.Body) -> None:
+    """Hold the Beamline's deletion until none of its runs is queued or active (see the module)."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    ctl.observe_beamline(body)  # deleting: the dispatcher cancels the queue and aborts the active run
+    ctl.ensure_monitor(key).poke()
+    ctl.wake(key)
+    deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+    while not ctl.beamline_drained(key):
+        if time.monotonic() > deadline:
+            raise kopf.TemporaryError("waiting for the Beamline's active run to end", delay=1)
+        await asyncio.sleep(0.2)
+    log.info("beamline %s/%s deleted: no run queued or active", *key)
+
+
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     @kopf.index(GROUP, VERSION, "beamlines", registry=registry, id="beamline-store")
     async def beamline_store(body: kopf.Body, **_: Any) -> None:
@@ -65,6 +93,10 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         done = await ensure_worker_objects(ctl, body)
         if done:
             ctl.events.record(body, "WorkerObjectsApplied", ", ".join(done), kind="Beamline")
+
+    @kopf.on.delete(GROUP, VERSION, "beamlines", registry=registry, id="drain")
+    async def drain(body: kopf.Body, **_: Any) -> None:
+        await drain_beamline(ctl, body)
 
 
 __all__ = ["API_VERSION", "register"]

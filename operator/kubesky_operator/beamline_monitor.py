@@ -186,10 +186,11 @@ class BeamlineMonitor:
 
     async def refresh(self) -> None:
         bl = self.ctl.store.beamlines.get(self.key)
-        if bl is None or bl.deleting:
+        if bl is None:
             self.ready = False
             self.client = None
             return
+        # A Beamline being deleted keeps its client: its active run is aborted through it (dispatch).
         was_ready = self.ready
         self.error = None
         refused = await self._refusals(bl)
@@ -243,7 +244,8 @@ class BeamlineMonitor:
             self.ctl.wake(self.key)
         elif was_ready and not self.ready:
             log.warning("beamline %s/%s: %s", *self.key, self.error)
-        await self.write_status(bl)
+        if not bl.deleting:
+            await self.write_status(bl)
 
     def _abort_orphan(self, state: WorkerState) -> None:
         """The worker runs a PlanRun that no longer exists (deleted while the operator was away, or

@@ -248,6 +248,12 @@ class Controller:
         _, new = self.store.upsert_beamline(body)
         return new
 
+    def beamline_drained(self, key: BeamlineKey) -> bool:
+        """No run of the beamline is queued or active any more: its deletion may go ahead."""
+        return not any(
+            r.active or (r.phase == Phase.QUEUED and not r.deleting) for r in self.store.runs_for(key)
+        )
+
     async def forget_beamline(self, key: BeamlineKey) -> None:
         self.store.remove_beamline(key)
         await self.drop_monitor(key)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .api import (
+    ACTIVE_PHASES,
     API_VERSION,
     ControlAction,
     Phase,
@@ -38,6 +39,7 @@ from .api.limits import LIMIT_EXCEEDED, spec_limit_error
 from .kubeapi import ApiError, resource_path
 from .metrics import ACTIVE_RUNS, API_WRITES, DISPATCH_LATENCY, QUEUE_DEPTH, WORKER_BUSY, WORKER_ERRORS
 from .planrun_status import (
+    BEAMLINE_DELETED,
     dispatched,
     final_condition,
     finished,
@@ -106,6 +108,7 @@ class BeamlineDispatcher:
         self._inflight: set[tuple[str, str]] = set()
         self._sem = asyncio.Semaphore(ctl.settings.write_concurrency)
         self.queue_length = 0
+        self.deleting = False  # the Beamline is being deleted: drain, dispatch nothing
         self.current_run: str | None = None
         self.idle_since = time.monotonic()
 
@@ -200,9 +203,11 @@ class BeamlineDispatcher:
         monitor = ctl.monitors.get(self.key)
         runs = ctl.store.runs_for(self.key)
         exists = bl is not None and not bl.deleting
+        self.deleting = bl is not None and bl.deleting
         plan = plan_beamline(
             runs,
             beamline_exists=exists,
+            beamline_deleting=self.deleting,
             suspended=bool(bl and bl.spec.suspend),
             worker_ready=monitor is not None and monitor.ready,
         )
@@ -248,7 +253,18 @@ class BeamlineDispatcher:
             self._spawn(
                 run,
                 "pending",
-                lambda run=run: self._write_status(run, pending_beamline_missing(run), precondition=True),
+                lambda run=run: self._write_status(
+                    run, pending_beamline_missing(run, deleting=self.deleting), precondition=True
+                ),
+            )
+        for run in plan.beamline_deleted:
+            message = f'Beamline "{run.beamline}" was deleted before the run was dispatched'
+            self._spawn(
+                run,
+                "cancel",
+                lambda run=run, message=message: self._write_status(
+                    run, finished(run, Phase.CANCELLED, BEAMLINE_DELETED, message), precondition=True
+                ),
             )
         for run in plan.finish:
             self._spawn(
@@ -489,6 +505,9 @@ class BeamlineDispatcher:
         if run.deleting:
             await self._abort_for_delete(run, client)
             return
+        if self.deleting:
+            await self._abort_for_beamline_delete(run, client)
+            return
         if not run.has_finalizer and run.phase in (Phase.RUNNING, Phase.PAUSED):
             # Once the run has lasted a moment: a trivial run is over before then, and the write
             # would only collide with the worker's own. Earlier deletions are aborted from the
@@ -668,3 +687,59 @@ class BeamlineDispatcher:
             await self._remove_finalizer(run)
         else:
             self._retry_in(0.2)
+
+    async def _abort_for_beamline_delete(self, run: RunView, client: WorkerClient | None) -> None:
+        """The Beamline is being deleted while this run is active: abort it on the worker (again
+        every 2 s while it lasts) with reason BeamlineDeleted, and end it in the status once the
+        worker has ended it. When the worker cannot be reached, or the run outlasts the abort, the
+        run fails with that reason and says its end is unknown: never WorkerLost for a run the
+        worker may still be running."""
+        now = time.monotonic()
+        first = self._abort_sent.setdefault(run.uid, now)
+        message = f'Beamline "{run.beamline}" was deleted while the run was active'
+        record: Any = _LOST
+        if client is not None:
+            try:
+                record = await client.get_run(run.uid)
+                if record is not None and record.phase in ACTIVE_PHASES:
+                    last = self._abort_last.get(run.uid)
+                    if last is None or now - last >= 2.0:
+                        self._abort_last[run.uid] = now
+                        status = await client.control(
+                            run.uid,
+                            ControlAction.ABORT,
+                            reason=BEAMLINE_DELETED,
+                            message=f"{message}: aborted",
+                        )
+                        if 200 <= status < 300 and last is None:
+                            self.ctl.events.record_run(run, "Aborting", f"{message}: aborting it")
+            except (WorkerUnreachable, WorkerAuthError):
+                record = _LOST
+        waited = now - first
+        patch: dict[str, Any] | None = None
+        if record is None:
+            patch = finished(run, Phase.CANCELLED, BEAMLINE_DELETED, f"{message}, before it started")
+        elif record is not _LOST and record.phase not in ACTIVE_PHASES:
+            patch = from_record(run, record)  # the worker's own status write may still be on its way
+        elif record is _LOST and waited > self.ctl.settings.worker_lost_grace_seconds:
+            patch = finished(
+                run,
+                Phase.FAILED,
+                BEAMLINE_DELETED,
+                f"{message}; its worker was unreachable for {waited:.0f} s, so the run could not be "
+                "aborted and its end is unknown",
+            )
+        elif waited > self.ctl.settings.delete_abort_timeout_seconds:
+            patch = finished(
+                run,
+                Phase.FAILED,
+                BEAMLINE_DELETED,
+                f"{message}; it was still active {waited:.0f} s after the abort, when the Beamline's "
+                "worker was removed",
+            )
+        if patch is None:
+            self._retry_in(0.2)
+            return
+        if await self._write_status(run, patch, precondition=True):
+            self._abort_sent.pop(run.uid, None)
+            self._abort_last.pop(run.uid, None)

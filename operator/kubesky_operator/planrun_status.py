@@ -13,6 +13,7 @@ from .queue import RunView
 
 SUCCEEDED = "Succeeded"
 BEAMLINE_NOT_FOUND = "BeamlineNotFound"
+BEAMLINE_DELETED = "BeamlineDeleted"
 
 
 def now_rfc3339() -> str:
@@ -62,8 +63,13 @@ def queued(run: RunView, position: int) -> dict[str, Any]:
     }
 
 
-def pending_beamline_missing(run: RunView) -> dict[str, Any]:
+def pending_beamline_missing(run: RunView, *, deleting: bool = False) -> dict[str, Any]:
     msg = f'Beamline "{run.beamline}" not found in namespace {run.namespace}'
+    if deleting:
+        msg = (
+            f'Beamline "{run.beamline}" is being deleted in namespace {run.namespace}: '
+            "the run waits for a Beamline of that name"
+        )
     conds = _set(_conditions(run), run, BEAMLINE_NOT_FOUND, ConditionStatus.TRUE, BEAMLINE_NOT_FOUND, msg)
     conds = _set(conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, BEAMLINE_NOT_FOUND, msg)
     return {

@@ -126,6 +126,7 @@ class QueuePlan:
     dispatch: RunView | None = None  # the run to dispatch now
     cancel: list[RunView] = field(default_factory=list)  # waiting runs whose spec.state is Stop/Abort
     missing_beamline: list[RunView] = field(default_factory=list)  # to mark Pending BeamlineNotFound
+    beamline_deleted: list[RunView] = field(default_factory=list)  # Queued runs to cancel: Beamline deleted
     release: list[RunView] = field(default_factory=list)  # deleted/terminal runs whose finalizer can go
     finish: list[RunView] = field(
         default_factory=list
@@ -144,6 +145,7 @@ def plan_beamline(
     runs: Iterable[RunView],
     *,
     beamline_exists: bool,
+    beamline_deleting: bool = False,
     suspended: bool = False,
     worker_ready: bool = True,
 ) -> QueuePlan:
@@ -153,6 +155,8 @@ def plan_beamline(
     - waiting runs being deleted: release the finalizer (they simply leave the queue);
     - waiting runs with spec.state Stop/Abort: cancel;
     - without a Beamline: waiting runs not yet Queued become Pending (BeamlineNotFound);
+    - with a Beamline being deleted: Queued runs are cancelled (BeamlineDeleted), the others wait
+      as without a Beamline;
     - otherwise order the queue, and when nothing is active, the beamline is not suspended and its
       worker is ready, dispatch the first run whose spec.state is Run (a queued run asked to Pause
       is held in place while the ones behind it go ahead).
@@ -172,7 +176,9 @@ def plan_beamline(
                 plan.release.append(run)
         elif run.state in (PlanRunState.STOP, PlanRunState.ABORT):
             plan.cancel.append(run)
-        elif not beamline_exists:
+        elif beamline_deleting and run.phase == Phase.QUEUED:
+            plan.beamline_deleted.append(run)
+        elif not beamline_exists or beamline_deleting:
             if run.phase is None or (
                 run.phase == Phase.PENDING and run.status.get("reason") != "BeamlineNotFound"
             ):
@@ -183,6 +189,6 @@ def plan_beamline(
             waiting.append(run)
     plan.queue = order(waiting)
     plan.active.sort(key=queue_key)
-    if beamline_exists and not suspended and worker_ready and not plan.active:
+    if beamline_exists and not beamline_deleting and not suspended and worker_ready and not plan.active:
         plan.dispatch = next((r for r in plan.queue if r.state == PlanRunState.RUN), None)
     return plan

@@ -185,11 +185,12 @@ class WorkerClient:
             raise WorkerUnreachable(f"GET /v1/runs/{run_id}: HTTP {status}")
         return self._parse(RunRecord, f"GET /v1/runs/{run_id}", text)
 
-    async def control(self, run_id: str, action: ControlAction) -> int:
+    async def control(
+        self, run_id: str, action: ControlAction, *, reason: str | None = None, message: str | None = None
+    ) -> int:
         """Returns the HTTP status: 2xx done, 404 unknown run, 409 not possible in the run's state."""
-        status, _ = await self._call(
-            "POST", f"/v1/runs/{run_id}/control", ControlRequest(action=action).wire()
-        )
+        req = ControlRequest(action=action, reason=reason, message=message)
+        status, _ = await self._call("POST", f"/v1/runs/{run_id}/control", req.wire())
         return status
 
     async def reload(self) -> ReloadResponse:

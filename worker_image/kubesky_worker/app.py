@@ -312,7 +312,7 @@ def create_app(worker: Worker) -> FastAPI:
         },
     )
     def control(run_id: str, req: ControlRequest) -> JSONResponse:
-        run = worker.engine.control(run_id, req.action)
+        run = worker.engine.control(run_id, req.action, req.reason, req.message)
         return _json(run.record())
 
     @v1.post("/reload", response_model=ReloadResponse)

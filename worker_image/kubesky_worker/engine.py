@@ -336,11 +336,19 @@ class Engine:
             if run.requested_reason == SHUTDOWN:
                 # Nobody asked for this abort: the run lost its worker, as if it had been killed.
                 return Phase.FAILED, "WorkerLost", SHUTDOWN_MESSAGE
-            return Phase.ABORTED, "AbortRequested", run.requested_reason or "aborted on request"
+            return (
+                Phase.ABORTED,
+                run.requested_reason or "AbortRequested",
+                run.requested_message or "aborted on request",
+            )
         if error is not None:
             return Phase.FAILED, "PlanFailed", summarize_exception(error)
         if run.requested == ControlAction.STOP:
-            return Phase.STOPPED, "StopRequested", "stopped on request"
+            return (
+                Phase.STOPPED,
+                run.requested_reason or "StopRequested",
+                run.requested_message or "stopped on request",
+            )
         if run.exit_status in (None, "success"):
             return Phase.SUCCEEDED, "Succeeded", ""
         if run.exit_status == "abort":
@@ -348,10 +356,13 @@ class Engine:
         return Phase.FAILED, "PlanFailed", run.stop_reason or f"exit_status {run.exit_status}"
 
     # -- control ---------------------------------------------------------------------------------
-    def control(self, run_id: str, action: ControlAction, reason: str | None = None) -> Run:
+    def control(
+        self, run_id: str, action: ControlAction, reason: str | None = None, message: str | None = None
+    ) -> Run:
         """Request pause/resume/stop/abort of the active run. Returns at once: bluesky's interrupts
         wait for the RunEngine's loop, which a plan blocking in Python holds (time.sleep), so they
-        are delivered by the interrupter thread and take effect when the loop is free."""
+        are delivered by the interrupter thread and take effect when the loop is free. A stop or
+        abort's `reason` and `message` become the run's when it ends (e.g. BeamlineDeleted)."""
         with self._lock:
             run = self._current
             if run is None or run.id != run_id:
@@ -377,14 +388,16 @@ class Engine:
                 if run.requested != ControlAction.ABORT:
                     run.requested = action
                     run.requested_reason = reason
+                    run.requested_message = message
+            why = message or reason
             if paused:
-                self._ctl.put((action, reason))
+                self._ctl.put((action, why))
                 return run
             self.publisher.let_run_end()  # the RunEngine may be waiting for Kafka
             if action == ControlAction.STOP:
                 self._interrupt(RE.stop)
             else:
-                self._interrupt(lambda: RE.abort(reason or "abort requested"))
+                self._interrupt(lambda: RE.abort(why or "abort requested"))
             return run
 
     def _interrupt(self, call: Callable[[], Any]) -> None:

@@ -63,6 +63,7 @@ class Run:
         self.delivery: Delivery | None = None  # set by the publisher while documents wait for Kafka
         self.requested: str | None = None  # control action asked for: stop, abort
         self.requested_reason: str | None = None
+        self.requested_message: str | None = None
         self.version = 0  # bumped on every change the status writer may want to see
         self.phase_version = 0
         self.done = threading.Event()

@@ -91,6 +91,18 @@ class ControlAction(StrEnum):
 
 class ControlRequest(ApiModel):
     action: ControlAction = Field(description="pause (deferred to next checkpoint), resume, stop or abort.")
+    reason: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z][A-Za-z]{0,63}$",
+        description="For stop and abort: the reason the run's status gives when it ends "
+        "(default StopRequested / AbortRequested), e.g. BeamlineDeleted.",
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="For stop and abort: the message the run's status gives, and the reason in its "
+        "stop document.",
+    )
 
 
 class WorkerStateName(StrEnum):

@@ -221,6 +221,49 @@ def test_delete_while_running_aborts_then_queue_continues(cluster, api, namespac
     assert len(worker_history(bl.worker)) == 2
 
 
+def test_deleting_a_beamline_aborts_its_run_and_cancels_its_queue(
+    cluster, api, core, namespace, operator, beamlines
+):
+    bl = beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("active", "sim", "count", SLOW, priority=1),
+        planrun_manifest("queued-1", "sim", "count", quick()),
+        planrun_manifest("queued-2", "sim", "count", quick()),
+    )
+    active = wait_phase(api, namespace, "active", "Running", timeout=30)
+    wait_phase(api, namespace, "queued-2", "Queued", timeout=15)
+    cluster.kubectl("delete", "beamline", "sim", "-n", namespace, "--wait=true", "--timeout=60s")
+
+    # The finalizer held the Beamline until its runs had ended: they are final now.
+    done = get_pr(api, namespace, "active")["status"]
+    assert (done["phase"], done["reason"], done["exitStatus"]) == ("Aborted", "BeamlineDeleted", "abort"), (
+        done
+    )
+    assert 'Beamline "sim" was deleted while the run was active' in done["message"]
+    # ... because the worker really stopped it (it still runs: this Beamline's worker is external).
+    rec = httpx.get(
+        f"{bl.worker.url}/v1/runs/{active['metadata']['uid']}", headers=bl.worker.headers, timeout=5
+    )
+    assert (rec.json()["phase"], rec.json()["reason"]) == ("Aborted", "BeamlineDeleted")
+    assert (
+        httpx.get(f"{bl.worker.url}/v1/state", headers=bl.worker.headers, timeout=5).json()["state"] == "idle"
+    )
+    for name in ("queued-1", "queued-2"):
+        st = get_pr(api, namespace, name)["status"]
+        assert (st["phase"], st["reason"]) == ("Cancelled", "BeamlineDeleted"), st
+        assert st.get("queuePosition") is None
+    assert [r["id"] for r in worker_history(bl.worker)] == [active["metadata"]["uid"]]
+    evs = core.list_namespaced_event(namespace, field_selector="involvedObject.name=active").items
+    assert "WorkerLost" not in {e.reason for e in evs}
+
+    # A run applied afterwards waits for a Beamline of that name.
+    kubectl_apply(cluster, namespace, planrun_manifest("later", "sim", "count", quick()))
+    later = wait_phase(api, namespace, "later", "Pending", timeout=15)
+    assert later["status"]["reason"] == "BeamlineNotFound"
+
+
 def test_rejected_and_beamline_not_found(cluster, api, namespace, operator, beamlines):
     beamlines("sim")
     kubectl_apply(

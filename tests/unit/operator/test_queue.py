@@ -159,3 +159,21 @@ def test_from_body() -> None:
         42,
     )
     assert v.has_finalizer and v.waiting and not v.active
+
+
+def test_beamline_being_deleted_cancels_queued_and_holds_new_runs() -> None:
+    runs = [
+        run("active", phase=Phase.RUNNING),
+        run("queued", phase=Phase.QUEUED),
+        run("new"),
+        run("done", phase=Phase.SUCCEEDED),
+    ]
+    plan = plan_beamline(runs, beamline_exists=True, beamline_deleting=True)
+    assert plan.dispatch is None
+    assert [r.name for r in plan.active] == ["active"]
+    assert [r.name for r in plan.beamline_deleted] == ["queued"]
+    assert [r.name for r in plan.missing_beamline] == ["new"]
+    assert plan.queue == []
+    # and nothing is dispatched once the active run ends
+    plan = plan_beamline([run("new")], beamline_exists=True, beamline_deleting=True)
+    assert plan.dispatch is None and [r.name for r in plan.missing_beamline] == ["new"]
