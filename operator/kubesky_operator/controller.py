@@ -26,6 +26,7 @@ from .positions import PositionWriter
 from .queue import RunView
 from .settings import OperatorSettings
 from .store import BeamlineKey, BeamlineView, Store
+from .transition_events import RecoveredTransitions, describe_transition
 from .workerclient import WorkerUnreachable
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 # An external https worker is verified against the CA in this key of its token Secret, if any.
 ENDPOINT_CA_KEY = "ca.crt"
 ENDPOINT_CA_TTL = 15.0  # seconds: a CA an administrator puts in the Secret applies soon
-
-_WARNING_PHASES = {Phase.FAILED, Phase.ABORTED, Phase.REJECTED}
 
 
 class RunEvents:
@@ -72,12 +71,14 @@ class Controller:
         self.dispatchers: dict[BeamlineKey, BeamlineDispatcher] = {}
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
         self.rollout = PlanRollout(self)
+        self.recovered = RecoveredTransitions(self)
         self._worker_session: aiohttp.ClientSession | None = None
         self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
         # True once kopf has listed every watched kind (it then calls the non-index handlers):
         # from then on, the index handlers wake dispatchers themselves, a few ms sooner.
         self.indexed = False
+        self.listed = asyncio.Event()  # set with `indexed`
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -87,6 +88,7 @@ class Controller:
         self.started = True
         self.events.recorder.start()
         self.positions.start()
+        self.recovered.start()
         s = self.settings
         if (s.worker_tls or s.worker_network_policy) and not s.operator_namespace:
             log.warning(
@@ -97,6 +99,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.rollout.stop()
+        await self.recovered.stop()
         for d in list(self.dispatchers.values()):
             await d.stop()
         for m in list(self.monitors.values()):
@@ -194,8 +197,10 @@ class Controller:
             phase_changed(old_phase.value if old_phase else None, new.phase.value if new.phase else None)
             if new.phase is not None:
                 TRANSITIONS.labels(new.phase.value).inc()
-                if old is not None:  # not on the initial listing: we did not see the change
+                if old is not None:
                     self._transition_event(new)
+                else:  # the initial listing: the change may have happened while we were away
+                    self.recovered.note(new)
             if new.phase in TERMINAL_PHASES:
                 d = self.dispatchers.get((new.namespace, new.beamline))
                 if d is not None:
@@ -207,29 +212,8 @@ class Controller:
         return new
 
     def _transition_event(self, run: RunView) -> None:
-        phase = run.phase
-        assert phase is not None
-        worker = run.status.get("worker") or "the worker"
-        reason = phase.value
-        if phase == Phase.QUEUED:
-            message = f"queued on beamline {run.beamline} at position {run.queue_position}"
-        elif phase == Phase.DISPATCHED:
-            message = f"dispatched to {worker}"
-        elif phase == Phase.RUNNING:
-            message = f"running on {worker}"
-        elif phase == Phase.PAUSED:
-            message = f"paused on {worker}"
-        elif phase == Phase.PENDING:
-            reason = run.status.get("reason") or reason
-            message = run.status.get("message") or "pending"
-        else:
-            if phase == Phase.FAILED:
-                reason = run.status.get("reason") or reason
-            detail = run.status.get("message") or ""
-            exit_status = run.status.get("exitStatus")
-            message = f"{phase.value}" + (f" (exit_status {exit_status})" if exit_status else "")
-            message += f": {detail}" if detail else ""
-        self.events.record_run(run, reason, message, warning=phase in _WARNING_PHASES)
+        reason, message, warning = describe_transition(run)
+        self.events.record_run(run, reason, message, warning=warning)
 
     def forget_run(self, namespace: str, name: str, uid: str | None = None) -> None:
         run = self.store.remove_run(namespace, name, uid)
@@ -247,6 +231,11 @@ class Controller:
     def observe_beamline(self, body: Mapping[str, Any]) -> BeamlineView:
         _, new = self.store.upsert_beamline(body)
         return new
+
+    def mark_indexed(self) -> None:
+        if not self.indexed:
+            self.indexed = True
+            self.listed.set()
 
     def beamline_drained(self, key: BeamlineKey) -> bool:
         """No run of the beamline is queued or active any more: its deletion may go ahead."""

@@ -21,7 +21,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
 
     @kopf.on.event(GROUP, VERSION, "planruns", registry=registry, id="planrun-event")
     async def planrun_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        ctl.indexed = True
+        ctl.mark_indexed()
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         key = (meta.get("namespace", ""), spec.get("beamline", ""))

@@ -75,9 +75,10 @@ escalation check refuses a Role granting more than its creator holds. */}}
 - apiGroups: ["kubesky.io"]
   resources: ["beamlines/finalizers"]
   verbs: ["update"]
+# list: once at start, its own Events, to post those of transitions made while it was away.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 # Secrets: GET by name only (a referenced Secret's metadata, to check its opt-in label; the token
 # of the worker it dispatches to), never list or watch; create a worker's token and TLS Secrets,
 # patch only its TLS Secret (a reissued certificate: the admission policy <release>-operator-secrets

@@ -245,6 +245,7 @@ OPERATOR_GRANTS = {
     ("beamlines.kubesky.io/status", "patch"),
     ("beamlines.kubesky.io/finalizers", "update"),
     ("events", "create"),
+    ("events", "list"),
     ("secrets", "get"),
     ("secrets", "create"),
     ("secrets", "patch"),

@@ -386,6 +386,38 @@ def test_changes_while_the_operator_is_down_are_acted_on_after_restart(
     assert rec["phase"] == "Aborted"
 
 
+def test_a_run_that_ends_while_the_operator_is_down_gets_its_event_once(
+    cluster, api, core, namespace, operator, beamlines
+):
+    beamlines("sim")
+    kubectl_apply(
+        cluster,
+        namespace,
+        planrun_manifest("unseen", "sim", "count", {"detectors": ["det"], "num": 30, "delay": 0.1}),
+    )
+    wait_phase(api, namespace, "unseen", "Running", timeout=30)
+    operator.kill()
+    wait_phase(api, namespace, "unseen", "Succeeded", timeout=30)  # written by the worker
+
+    def succeeded_events():
+        evs = core.list_namespaced_event(namespace, field_selector="involvedObject.name=unseen").items
+        return [e for e in evs if e.reason == "Succeeded"]
+
+    operator.start()
+    (ev,) = wait_for("the Succeeded Event after the restart", succeeded_events, 30)
+    assert "while the operator was not running" in ev.message
+    operator.kill()
+    operator.start()
+
+    def looked() -> str | None:
+        this_start = operator.log_path.read_text().rsplit("---- start #", 1)[-1]
+        return next((ln for ln in this_start.splitlines() if "transitions seen on start" in ln), None)
+
+    assert "0 Events posted" in wait_for("the second start's look at recent transitions", looked, 30)
+    time.sleep(1)
+    assert len(succeeded_events()) == 1  # not posted again: it has one
+
+
 def test_namespaced_operator_with_per_namespace_rbac(cluster, api, namespace, operator, beamlines, tmp_path):
     """values.namespaces=[ns]: a Role per namespace, and an operator started with --namespace."""
     other = new_name("t-other")
