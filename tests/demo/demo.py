@@ -7,12 +7,16 @@ the Beamline points at it with spec.worker.endpoint), applies the example PlanRu
 shows `kubectl get planruns` until they finish, and reads every run's documents back from Kafka.
 
     python tests/demo/demo.py [--keep]      # --keep: leave everything running until Ctrl-C
+
+SIGINT, SIGTERM and SIGHUP stop everything it started, and it waits for each process it started to
+exit, also when run in the background (where a shell starts it with SIGINT ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import signal
 import sys
 import tempfile
 import time
@@ -53,11 +57,31 @@ def example_beamline() -> dict:
     raise SystemExit("examples/beamline-sim.yaml holds no Beamline")
 
 
+class Stopped(Exception):
+    """A signal asked the demo to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", action="store_true", help="keep the services running until Ctrl-C")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the runs")
     args = p.parse_args(argv)
+    # Set, not inherited: a shell starts a background job with SIGINT ignored, and Python's default
+    # for SIGTERM ends the process without running `finally`, leaving every service behind.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
+    code = 0
 
     root = Path(tempfile.mkdtemp(prefix="kubesky-demo-"))
     say(f"building/starting the test services (work dir {root})")
@@ -81,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         say("starting the operator as the chart's ServiceAccount (helm template charts/kubesky)")
-        op = OperatorProcess(operator_identity(cp, root / "operator"), root / "operator").start()
+        op = OperatorProcess(operator_identity(cp, root / "operator"), root / "operator")
+        op.start()
         print(f"operator pid {op.pid}, metrics {op.metrics_url}, log {op.log_path}")
 
         say("starting the simulated beamline's worker (examples/plans, examples/devices)")
@@ -92,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         topic = f"{name}.bluesky.runengine.documents"
         cfg = sim_config(name, kafka=kafka.bootstrap, topic=topic, kubeconfig=worker_kc)
         cfg["metadata"] = beamline["spec"].get("metadata", {})
-        worker = WorkerProcess(cfg, root / "worker").start()
+        worker = WorkerProcess(cfg, root / "worker")
+        worker.start()
         print(f"worker at {worker.url}, log {worker.log_path}")
 
         say(f"applying the Beamline {name!r} from examples/beamline-sim.yaml, pointed at that worker")
@@ -181,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 f"services left running; KUBECONFIG={cp.kubeconfig} kubectl get pr -n {NAMESPACE}  (Ctrl-C stops)"
             )
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            while True:
+                time.sleep(3600)
+    except Stopped as exc:
+        code = 128 + exc.signum
+        print(f"\n{exc}: stopping", file=sys.stderr, flush=True)
     finally:
+        for sig in STOP_SIGNALS:  # a second signal must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
         say("stopping")
         if worker is not None:
             worker.stop(timeout=5)
@@ -194,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             op.stop()
         kafka.stop()
         cp.stop()
-    return 0
+    return code
 
 
 if __name__ == "__main__":
