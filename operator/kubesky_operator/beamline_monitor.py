@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from .api import (
     API_VERSION,
-    DOCUMENTS_DELIVERED,
     PLANS_LOADED,
     WORKER_READY,
     BeamlineStatus,
@@ -22,6 +21,7 @@ from .api import (
     ControlAction,
     PlanInfo,
     WorkerState,
+    delivery_condition,
     set_condition,
 )
 from .beamline_policy import NOT_ALLOWED, Refusal, describe, refusals
@@ -344,25 +344,10 @@ class BeamlineMonitor:
         )
 
     def _delivery_condition(self, conditions: list[Condition], gen: int | None) -> list[Condition]:
-        """DocumentsDelivered from the worker's state: False while documents wait for Kafka."""
-        d = self.state.delivery if self.state is not None and self.ready else None
-        if d is not None:
-            text = f"{d.pending} documents wait for Kafka since {d.since.isoformat()}"
-            text += f": {d.error}" if d.error else ""
-            reason = "KafkaUnavailable" if d.error else "WaitingForKafka"
-            return set_condition(
-                conditions, DOCUMENTS_DELIVERED, ConditionStatus.FALSE, reason, text[:2000], gen
-            )
-        if self.ready and any(c.type == DOCUMENTS_DELIVERED for c in conditions):
-            return set_condition(
-                conditions,
-                DOCUMENTS_DELIVERED,
-                ConditionStatus.TRUE,
-                "Delivered",
-                "Kafka takes documents",
-                gen,
-            )
-        return conditions
+        """DocumentsDelivered from the worker's state, while the worker answers."""
+        if not self.ready or self.state is None:
+            return conditions
+        return delivery_condition(conditions, self.state.delivery, gen, delivered="Kafka takes documents")
 
     async def write_status(self, bl: BeamlineView) -> None:
         wanted = self._status(bl).wire()

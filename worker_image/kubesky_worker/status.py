@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubesky_operator.api import (
-    DOCUMENTS_DELIVERED,
     GROUP,
     VERSION,
     Condition,
@@ -27,10 +26,10 @@ from kubesky_operator.api import (
     KubeConfig,
     Phase,
     RunRecord,
+    delivery_condition,
     may_transition,
     set_condition,
 )
-from kubesky_operator.api.limits import bounded
 from kubesky_operator.api.planrun import PLURAL, TERMINAL_PHASES
 
 from .metrics import Metrics
@@ -71,26 +70,9 @@ def _conditions(obj: dict[str, Any]) -> list[Condition]:
 
 
 def with_delivery(conditions: list[Condition], record: RunRecord, generation: int | None) -> list[Condition]:
-    """DocumentsDelivered: False while documents of the run wait for Kafka (how many, since when,
-    the last error), True again once they are acknowledged; absent for a run that never waited."""
-    d = record.delivery
-    if d is not None:
-        text = f"{d.pending} documents wait for Kafka since {d.since.isoformat()}"
-        text += f": {d.error}" if d.error else ""
-        reason = "KafkaUnavailable" if d.error else "WaitingForKafka"
-        return set_condition(
-            conditions, DOCUMENTS_DELIVERED, ConditionStatus.FALSE, reason, bounded(text), generation
-        )
-    if any(c.type == DOCUMENTS_DELIVERED for c in conditions):
-        return set_condition(
-            conditions,
-            DOCUMENTS_DELIVERED,
-            ConditionStatus.TRUE,
-            "Delivered",
-            "Kafka acknowledged the documents that waited",
-            generation,
-        )
-    return conditions
+    return delivery_condition(
+        conditions, record.delivery, generation, delivered="Kafka acknowledged the documents that waited"
+    )
 
 
 @dataclass

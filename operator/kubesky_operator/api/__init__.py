@@ -42,6 +42,7 @@ from .worker_api import (
     RunRequest,
     WorkerState,
     WorkerStateName,
+    delivery_condition,
 )
 from .worker_config import DeviceConfig, KafkaConfig, KubeConfig, PlanConfig, WorkerConfig, default_topic
 
@@ -94,6 +95,7 @@ __all__ = [
     "WorkerState",
     "WorkerStateName",
     "default_topic",
+    "delivery_condition",
     "may_transition",
     "set_condition",
 ]

@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic import Field
 
-from .beamline import PlanInfo
-from .common import ApiModel
+from .beamline import DOCUMENTS_DELIVERED, PlanInfo
+from .common import ApiModel, Condition, ConditionStatus, set_condition
+from .limits import bounded
 from .planrun import KafkaRange, Phase, Progress
 
 API_PREFIX = "/v1"
@@ -56,6 +57,26 @@ class Delivery(ApiModel):
     pending: int = Field(ge=0, description="Documents emitted and not yet acknowledged by Kafka.")
     since: datetime = Field(description="Since when Kafka has acknowledged none of them.")
     error: str | None = Field(default=None, description="The last Kafka error, where there is one.")
+
+
+def delivery_condition(
+    conditions: list[Condition], delivery: Delivery | None, generation: int | None, *, delivered: str
+) -> list[Condition]:
+    """DocumentsDelivered, on a PlanRun (its run's delivery) and a Beamline (its worker's): False
+    while documents wait for Kafka (how many, since when, the last error), True again with the
+    message `delivered` once Kafka has them; absent where nothing ever waited."""
+    if delivery is not None:
+        text = f"{delivery.pending} documents wait for Kafka since {delivery.since.isoformat()}"
+        text += f": {delivery.error}" if delivery.error else ""
+        reason = "KafkaUnavailable" if delivery.error else "WaitingForKafka"
+        return set_condition(
+            conditions, DOCUMENTS_DELIVERED, ConditionStatus.FALSE, reason, bounded(text), generation
+        )
+    if any(c.type == DOCUMENTS_DELIVERED for c in conditions):
+        return set_condition(
+            conditions, DOCUMENTS_DELIVERED, ConditionStatus.TRUE, "Delivered", delivered, generation
+        )
+    return conditions
 
 
 class RunRecord(ApiModel):
