@@ -87,12 +87,17 @@ class Worker:
                 ]
             )
         args, kwargs = entry.validate(req.params, self.engine.devices.devices)
-        bad_keys = start_key_errors(req.metadata)
-        if bad_keys:
-            # Found here, not by event-model mid-run with its whole schema in the message.
-            raise ParamError(
-                [FieldError(loc=["metadata", k], msg=why, type="invalid_key") for k, why in bad_keys.items()]
-            )
+        # Found here, not by event-model mid-run with its whole schema in the message; a plan's own
+        # `md` parameter goes into its start document too.
+        plan_md = kwargs.get("md")
+        bad = [
+            FieldError(loc=[*where, k], msg=why, type="invalid_key")
+            for where, md in ((["metadata"], req.metadata), (["params", "md"], plan_md))
+            if isinstance(md, dict)
+            for k, why in start_key_errors(md).items()
+        ]
+        if bad:
+            raise ParamError(bad)
         run = Run(
             req.id,
             req.plan,

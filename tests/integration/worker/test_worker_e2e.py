@@ -354,6 +354,9 @@ INVALID = [
     ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"a.b": 1}}, ["metadata", "a.b"]),
     ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"": 1}}, ["metadata", ""]),
     ({"plan": "count", "params": {"detectors": ["det"]}, "metadata": {"time": 1}}, ["metadata", "time"]),
+    # ... also through a plan's own `md` parameter (bluesky.plans.count's)
+    ({"plan": "count", "params": {"detectors": ["det"], "md": {"scan_id": 7}}}, ["params", "md", "scan_id"]),
+    ({"plan": "count", "params": {"detectors": ["det"], "md": {"a/b": 1}}}, ["params", "md", "a/b"]),
 ]
 
 
