@@ -17,7 +17,8 @@ from typing import Any
 
 import kopf
 
-from . import beamline_handlers, metrics, plan_rollout, planrun_handlers
+from . import admission, beamline_handlers, metrics, plan_rollout, planrun_handlers
+from .admission_server import AdmissionServer
 from .api import GROUP
 from .controller import Controller
 from .settings import OperatorSettings, load
@@ -51,6 +52,9 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, ctl.settings.namespaces)
+        if ctl.settings.webhook_port:
+            settings.admission.server = AdmissionServer(ctl)
+            settings.admission.managed = None  # the chart holds the configuration; we keep its caBundle
         await ctl.start()
         log.info("kubesky operator starting (namespaces: %s)", ", ".join(ctl.settings.namespaces) or "all")
 
@@ -75,6 +79,8 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     async def cleanup(**_: Any) -> None:
         await ctl.stop()
 
+    if ctl.settings.webhook_port:
+        admission.register(registry, ctl)
     planrun_handlers.register(registry, ctl)
     beamline_handlers.register(registry, ctl)
     plan_rollout.register(registry, ctl, ctl.rollout)

@@ -31,6 +31,17 @@ WORKER_BUSY = Counter(
     "Dispatches a worker answered 409 busy (retried).",
     ["namespace", "beamline"],
 )
+ADMISSION_REVIEWS = Counter(
+    "kubesky_admission_reviews_total",
+    "Admission reviews answered by the webhook, by kind and verdict (admitted, refused, error: admitted).",
+    ["kind", "verdict"],
+)
+ADMISSION_LATENCY = Histogram(
+    "kubesky_admission_duration_seconds",
+    "Time the webhook took to answer an admission review (the worker's check included).",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
 
 

@@ -115,6 +115,36 @@ class OperatorSettings(BaseModel):
         default=30.0, description="Budget of Queued/queuePosition status writes (coalesced)."
     )
     write_concurrency: int = Field(default=8, ge=1, description="Parallel phase writes per beamline.")
+    webhook_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the validating admission webhook (HTTPS); 0 serves none.",
+    )
+    webhook_addr: str = Field(default="0.0.0.0", description="Address the admission webhook listens on.")
+    webhook_service: str | None = Field(
+        default=None,
+        description=(
+            "The admission webhook's Service in the operator's namespace: its certificate names "
+            "<service>.<namespace>.svc (and .svc.<cluster domain>)."
+        ),
+    )
+    webhook_hosts: list[str] = Field(
+        default_factory=list,
+        description="More DNS names in the webhook's certificate (e.g. localhost for an operator run outside a cluster).",
+    )
+    webhook_configuration: str | None = Field(
+        default=None,
+        description="The ValidatingWebhookConfiguration whose caBundle the operator keeps set to its CA.",
+    )
+    webhook_worker_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "How long the webhook waits for a beamline's worker to check a PlanRun; past it the "
+            "PlanRun is admitted with a warning and checked at dispatch."
+        ),
+    )
     log_level: str = "INFO"
 
 
@@ -155,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-lost-grace", type=float, dest="worker_lost_grace_seconds")
     p.add_argument("--beamline-refresh", type=float, dest="beamline_refresh_seconds")
     p.add_argument("--worker-objects-resync", type=float, dest="worker_objects_resync_seconds")
+    p.add_argument(
+        "--webhook-port", type=int, help="admission webhook port (HTTPS; 0, the default, serves none)"
+    )
+    p.add_argument(
+        "--webhook-host",
+        action="append",
+        dest="webhook_hosts",
+        help="a DNS name for the webhook's certificate besides its Service's (repeatable)",
+    )
+    p.add_argument(
+        "--webhook-configuration", help="ValidatingWebhookConfiguration whose caBundle the operator sets"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING")
     p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level DEBUG")
     return p

@@ -177,6 +177,17 @@ class WorkerClient:
             return SubmitResult(SubmitOutcome.REJECTED, errors=errors, detail=detail)
         raise WorkerUnreachable(f"POST /v1/runs: unexpected HTTP {status}")
 
+    async def validate(self, request: RunRequest) -> SubmitResult:
+        """Would the worker accept `request` now? ACCEPTED, or REJECTED with the same errors as
+        `submit` would get (the admission webhook's check)."""
+        status, text = await self._call("POST", "/v1/validate", request.wire())
+        if status == 200:
+            return SubmitResult(SubmitOutcome.ACCEPTED)
+        if status in (400, 413, 415, 422):
+            errors, detail = parse_error_detail(text)
+            return SubmitResult(SubmitOutcome.REJECTED, errors=errors, detail=detail)
+        raise WorkerUnreachable(f"POST /v1/validate: unexpected HTTP {status}")
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         status, text = await self._call("GET", f"/v1/runs/{run_id}")
         if status == 404:

@@ -5,7 +5,10 @@
    created after the previous one succeeded; time from just before the create call to a watch
    (in this process) showing Running, and Succeeded; p50/p99.
    Targets: p50 <= 30 ms and p99 <= 100 ms to Running.
-2. throughput: M PlanRuns over B beamlines (one worker process each), created as fast as the
+2. admission: the same with the operator's validating webhook in the way (the chart's
+   configuration, pointed at the operator on localhost): the create call's latency with and
+   without it, create -> Running, and the webhook's own answer time (its histogram) p50/p99.
+3. throughput: M PlanRuns over B beamlines (one worker process each), created as fast as the
    client can; runs/s from the first create to the last Succeeded, and the operator's peak RSS.
    Targets: >= 25 runs/s, <= 150 MB.
 Prints the figures (and --json writes them)."""
@@ -26,14 +29,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
 import yaml  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from kubesky_operator.api import GROUP, VERSION  # noqa: E402
 
 from tests.helpers.beamlines import external_beamline, worker_identity  # noqa: E402
-from tests.helpers.operator_process import OperatorProcess, operator_identity  # noqa: E402
+from tests.helpers.operator_process import (  # noqa: E402
+    OperatorProcess,
+    operator_identity,
+    webhook_configuration,
+)
 from tests.helpers.worker_process import WorkerProcess, sim_config  # noqa: E402
-from tests.infra.services import ControlPlane, Kafka, build  # noqa: E402
+from tests.infra.services import ControlPlane, Kafka, build, free_port  # noqa: E402
 
 TRIVIAL = {"detectors": ["fast_det"], "num": 1}
 
@@ -154,12 +162,21 @@ def start_workers(
 
 
 def latency_phase(
-    cp: ControlPlane, kafka: Kafka, root: Path, n: int, workers: list[WorkerProcess]
+    cp: ControlPlane,
+    kafka: Kafka,
+    root: Path,
+    n: int,
+    workers: list[WorkerProcess],
+    *,
+    ns: str = "bench-latency",
+    webhook_port: int = 0,
 ) -> dict[str, Any]:
-    ns = "bench-latency"
     cp.kubectl("create", "namespace", ns)
-    worker_kc = worker_identity(cp, ns, root / "latency" / "worker.kubeconfig")
-    (w,) = start_workers(1, "lat", kafka, worker_kc, root, workers)
+    worker_kc = worker_identity(cp, ns, root / ns / "worker.kubeconfig")
+    (w,) = start_workers(1, f"{ns}-", kafka, worker_kc, root, workers)
+    if webhook_port:
+        cp.kubectl("apply", "-f", "-", input=webhook_configuration(cp, ns, webhook_port))
+        wait_admitting(cp, ns)
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(external_beamline("lat0", ns, w.url, w.token)))
     api = client.CustomObjectsApi(cp.api_client())
     wait_ready(api, ns, ["lat0"])
@@ -168,11 +185,12 @@ def latency_phase(
         name = f"warm-{i}"
         api.create_namespaced_custom_object(GROUP, VERSION, ns, "planruns", planrun(name, "lat0"))
         watcher.wait(name, "Succeeded")
-    to_running, to_succeeded = [], []
+    to_running, to_succeeded, create = [], [], []
     for i in range(n):
         name = f"seq-{i:04d}"
         t0 = time.perf_counter()
         api.create_namespaced_custom_object(GROUP, VERSION, ns, "planruns", planrun(name, "lat0"))
+        create.append((time.perf_counter() - t0) * 1000)
         t_run = watcher.wait(name, "Running")
         t_done = watcher.wait(name, "Succeeded")
         to_running.append((t_run - t0) * 1000)
@@ -180,6 +198,7 @@ def latency_phase(
     watcher.stop()
     return {
         "runs": n,
+        "create_call_ms": {"p50": pct(create, 50), "p99": pct(create, 99), "mean": statistics.mean(create)},
         "to_running_ms": {
             "p50": pct(to_running, 50),
             "p99": pct(to_running, 99),
@@ -191,6 +210,38 @@ def latency_phase(
             "mean": statistics.mean(to_succeeded),
         },
     }
+
+
+def wait_admitting(cp: ControlPlane, ns: str, timeout: float = 30) -> None:
+    """Until the operator has set the configuration's caBundle and the apiserver calls the webhook
+    (a dry run for a missing Beamline comes back with the webhook's warning)."""
+    probe = yaml.safe_dump(planrun("probe", "nowhere"))
+    deadline = time.monotonic() + timeout
+    while (
+        "Warning:"
+        not in cp.kubectl("create", "--dry-run=server", "-n", ns, "-f", "-", input=probe, check=False).stderr
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the apiserver never called the webhook")
+        time.sleep(0.3)
+
+
+def histogram_quantile(op: OperatorProcess, name: str, q: float, labels: dict[str, str]) -> float:
+    """The q-quantile (upper bucket bound) of one of the operator's histograms."""
+    buckets: list[tuple[float, float]] = []
+    for line in httpx.get(op.metrics_url, timeout=5).text.splitlines():
+        if not line.startswith(f"{name}_bucket{{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            le = head.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(value)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound
+    return float("nan")
 
 
 def throughput_phase(
@@ -239,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", type=int, default=100, help="runs of the latency phase (0 skips)")
     p.add_argument("--total", type=int, default=1000, help="runs of the throughput phase (0 skips)")
     p.add_argument("--beamlines", type=int, default=10, help="beamlines of the throughput phase")
+    p.add_argument(
+        "--admission",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the sequential runs through the admission webhook",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
@@ -262,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             "crd/planruns.kubesky.io",
             "crd/beamlines.kubesky.io",
         )
-        op = OperatorProcess(operator_identity(cp, root / "operator"), root / "operator").start()
+        op = OperatorProcess(
+            operator_identity(cp, root / "operator"), root / "operator", webhook_port=free_port()
+        ).start()
         rss0 = op.peak_rss_mb()
         if args.sequential:
             log(f"latency: {args.sequential} sequential runs on one beamline")
@@ -273,6 +332,21 @@ def main(argv: list[str] | None = None) -> int:
                 * op.metric("kubesky_dispatch_latency_seconds_sum")
                 / max(1.0, op.metric("kubesky_dispatch_latency_seconds_count"))
             )
+        if args.sequential and args.admission:
+            log(f"admission: {args.sequential} sequential runs, through the validating webhook")
+            results["admission"] = latency_phase(
+                cp, kafka, root, args.sequential, workers, ns="bench-admission", webhook_port=op.webhook_port
+            )
+            labels = {"kind": "PlanRun"}
+            results["admission"]["webhook_ms"] = {
+                "p50_at_most": 1000
+                * histogram_quantile(op, "kubesky_admission_duration_seconds", 0.5, labels),
+                "p99_at_most": 1000
+                * histogram_quantile(op, "kubesky_admission_duration_seconds", 0.99, labels),
+                "mean": 1000
+                * op.metric("kubesky_admission_duration_seconds_sum", labels)
+                / max(1.0, op.metric("kubesky_admission_duration_seconds_count", labels)),
+            }
         if args.total:
             log(f"throughput: {args.total} runs over {args.beamlines} beamlines")
             results["throughput"] = throughput_phase(cp, kafka, root, args.total, args.beamlines, workers)
@@ -301,6 +375,26 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"    inside the operator (seen -> worker accepted) mean {lat['operator_dispatch_ms_mean']:.1f} ms;"
             f" worker answered 'busy' {lat['worker_busy_answers']:.0f} times (retried)"
+        )
+    if "admission" in results:
+        adm, lat = results["admission"], results.get("latency")
+        r, c, h = adm["to_running_ms"], adm["create_call_ms"], adm["webhook_ms"]
+        print(f"  the same through the admission webhook ({adm['runs']} runs):")
+        before = (
+            f" (without: p50 {lat['create_call_ms']['p50']:.1f} / p99 {lat['create_call_ms']['p99']:.1f})"
+            if lat
+            else ""
+        )
+        print(f"    create call          p50 {c['p50']:7.1f} ms   p99 {c['p99']:7.1f} ms{before}")
+        before = (
+            f" (without: p50 {lat['to_running_ms']['p50']:.1f} / p99 {lat['to_running_ms']['p99']:.1f})"
+            if lat
+            else ""
+        )
+        print(f"    create -> Running    p50 {r['p50']:7.1f} ms   p99 {r['p99']:7.1f} ms{before}")
+        print(
+            f"    the webhook's answer p50 <= {h['p50_at_most']:.1f} ms, p99 <= {h['p99_at_most']:.1f} ms "
+            f"(histogram buckets), mean {h['mean']:.1f} ms (the worker's check included)"
         )
     if "throughput" in results:
         tp = results["throughput"]

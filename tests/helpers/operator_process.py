@@ -55,6 +55,33 @@ def render_chart_rbac(
     return cluster.helm(*args).stdout
 
 
+def webhook_configuration(cluster: Any, namespace: str, port: int, failure_policy: str = "Ignore") -> str:
+    """The chart's ValidatingWebhookConfiguration (release "kubesky"), selecting `namespace`, with
+    its clientConfig pointed at an operator's webhook on localhost:`port` instead of the Service
+    (no kubelet or kube-proxy for an operator run as a process). The operator sets its caBundle."""
+    import yaml
+
+    rendered = cluster.helm(
+        "template",
+        "kubesky",
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--show-only",
+        "templates/admission-webhook.yaml",
+        "--set",
+        f"namespaces={{{namespace}}}",
+        "--set",
+        f"webhook.failurePolicy={failure_policy}",
+    ).stdout
+    (vwc,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ValidatingWebhookConfiguration"]
+    assert vwc["metadata"]["name"] == WEBHOOK_CONFIGURATION
+    for hook in vwc["webhooks"]:
+        path = hook["clientConfig"].pop("service")["path"]
+        hook["clientConfig"]["url"] = f"https://localhost:{port}{path}"
+    return yaml.safe_dump(vwc)
+
+
 def request_token(api_client: Any, namespace: str, service_account: str, hours: int = 6) -> str:
     """A ServiceAccount token from the TokenRequest API."""
     from kubernetes import client
@@ -92,6 +119,9 @@ def operator_identity(
     return cluster.token_kubeconfig(token, workdir / f"{service_account}.kubeconfig")
 
 
+WEBHOOK_CONFIGURATION = "kubesky-operator-webhook"  # the chart's name for release "kubesky"
+
+
 @dataclass
 class OperatorProcess:
     kubeconfig: Path
@@ -101,6 +131,9 @@ class OperatorProcess:
     metrics_port: int = 0
     health_port: int = 0
     starts: int = 0
+    # The admission webhook (HTTPS, certificate for localhost; 0: none), and the
+    # ValidatingWebhookConfiguration whose caBundle the operator keeps (WEBHOOK_CONFIGURATION).
+    webhook_port: int = 0
 
     @property
     def log_path(self) -> Path:
@@ -132,6 +165,18 @@ class OperatorProcess:
                     str(self.metrics_port),
                     "--liveness",
                     f"http://127.0.0.1:{self.health_port}/healthz",
+                    *(
+                        [
+                            "--webhook-port",
+                            str(self.webhook_port),
+                            "--webhook-host",
+                            "localhost",
+                            "--webhook-configuration",
+                            WEBHOOK_CONFIGURATION,
+                        ]
+                        if self.webhook_port
+                        else []
+                    ),
                     *self.extra_args,
                 ],
                 stdout=log,

@@ -499,3 +499,26 @@ def test_operator_restarted_mid_queue_runs_each_once(examples: NodeCluster) -> N
         if d.name == "start"
     )
     assert [starts[r["metadata"]["uid"].encode()] for r in runs] == [1] * len(runs), starts
+
+
+def test_admission_webhook_through_its_service(examples: NodeCluster) -> None:
+    """The chart's webhook, reached by the apiserver through its Service and the operator pod's
+    certificate: a PlanRun the worker refuses is refused at apply, naming the field."""
+    cp = cp_of(examples)
+    wait_for("Beamline sim Ready", lambda: beamline_ready(cp), 120, examples)
+    vwc = get_json(cp, "validatingwebhookconfiguration", "kubesky-operator-webhook")
+    assert all(h["clientConfig"].get("caBundle") for h in vwc["webhooks"]), "the operator set no caBundle"
+    doc = {
+        "apiVersion": "kubesky.io/v1alpha1",
+        "kind": "PlanRun",
+        "metadata": {"name": f"bad-{uuid.uuid4().hex[:6]}", "namespace": LAB},
+        "spec": {"beamline": "sim", "plan": "count", "params": {"detectors": ["det"], "num": "five"}},
+    }
+    for dry in ([], ["--dry-run=server"]):
+        out = cp.kubectl("apply", *dry, "-f", "-", input=yaml.safe_dump(doc), check=False)
+        assert out.returncode != 0, out.stdout
+        assert 'admission webhook "planruns.kubesky.io" denied the request' in out.stderr, out.stderr
+        assert "params.num" in out.stderr, out.stderr
+    doc["spec"]["params"]["num"] = 2
+    out = cp.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr

@@ -22,6 +22,7 @@ from kubesky_operator.api import (
     ReloadResponse,
     RunRecord,
     RunRequest,
+    ValidateResponse,
     WorkerState,
 )
 from kubesky_operator.api.limits import MAX_NESTING, spec_limit_error
@@ -286,6 +287,16 @@ def create_app(worker: Worker) -> FastAPI:
     def create_run(req: RunRequest) -> JSONResponse:
         status, record = worker.submit(req)
         return _json(record, status)
+
+    @v1.post(
+        "/validate",
+        response_model=ValidateResponse,
+        dependencies=[Depends(_within_limits)],
+        responses={**_WITH_BODY},
+    )
+    def validate_run(req: RunRequest) -> JSONResponse:
+        """Would POST /v1/runs accept this request now? 200, or the same 422 naming each field."""
+        return _json(worker.validate(req))
 
     @v1.get("/runs", response_model=list[RunRecord])
     async def list_runs() -> JSONResponse:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kubesky_operator.api import FieldError, RunRecord, RunRequest, WorkerConfig
+from kubesky_operator.api import FieldError, RunRecord, RunRequest, ValidateResponse, WorkerConfig
 from kubesky_operator.api.limits import start_key_errors
 
 from .auth import TokenSource
 from .config import worker_name
 from .engine import Engine
 from .metrics import Metrics
-from .plans import ParamError, PlanManager
+from .plans import ParamError, PlanEntry, PlanManager, PlanSet
 from .publisher import Publisher
 from .runs import Run, RunHistory
 from .status import StatusWriter
@@ -67,6 +67,29 @@ class Worker:
         existing = self.history.get(req.id)
         if existing is not None:
             return 200, existing.record()
+        ps, entry, args, kwargs = self.check(req)
+        run = Run(
+            req.id,
+            req.plan,
+            planrun=req.planrun,
+            params=req.params,
+            metadata=req.metadata,
+            timeout_seconds=req.timeout_seconds,
+            plan_set_hash=ps.hash,
+            worker=self.name,
+            topic=self.publisher.topic,
+        )
+        got = self.engine.submit(run, entry, args, kwargs)
+        return (202 if got is run else 200), got.record()
+
+    def validate(self, req: RunRequest) -> ValidateResponse:
+        """What POST /v1/runs would say of `req`, without running it (the operator's admission
+        webhook asks this). Raises ParamError (422)."""
+        ps, *_ = self.check(req)
+        return ValidateResponse(plan_set_hash=ps.hash)
+
+    def check(self, req: RunRequest) -> tuple[PlanSet, PlanEntry, list[Any], dict[str, Any]]:
+        """The plan set, plan and bound arguments of `req`; ParamError naming each bad field."""
         ps = self.plans.current
         entry = ps.plans.get(req.plan)
         if entry is None and self.plans.changed_on_disk():
@@ -98,16 +121,4 @@ class Worker:
         ]
         if bad:
             raise ParamError(bad)
-        run = Run(
-            req.id,
-            req.plan,
-            planrun=req.planrun,
-            params=req.params,
-            metadata=req.metadata,
-            timeout_seconds=req.timeout_seconds,
-            plan_set_hash=ps.hash,
-            worker=self.name,
-            topic=self.publisher.topic,
-        )
-        got = self.engine.submit(run, entry, args, kwargs)
-        return (202 if got is run else 200), got.record()
+        return ps, entry, args, kwargs

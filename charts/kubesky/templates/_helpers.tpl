@@ -115,3 +115,8 @@ escalation check refuses a Role granting more than its creator holds. */}}
   resources: ["pods"]
   verbs: ["list", "patch"]
 {{- end -}}
+
+{{/* The admission webhook's Service and ValidatingWebhookConfiguration names. */}}
+{{- define "kubesky.webhookName" -}}
+{{- printf "%s-webhook" (include "kubesky.operatorName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

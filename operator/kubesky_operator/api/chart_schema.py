@@ -131,6 +131,18 @@ def values_schema() -> dict[str, Any]:
                     ),
                 }
             ),
+            "webhook": _strict(
+                {
+                    "enabled": {"type": "boolean"},
+                    "port": port,
+                    "failurePolicy": {"enum": ["Ignore", "Fail"]},
+                    "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 30},
+                },
+                description=(
+                    "The operator's validating admission webhook for PlanRuns and Beamlines "
+                    "(docs/install.md#admission-webhook)."
+                ),
+            ),
             "admissionPolicies": _strict(
                 {"enabled": {"type": "boolean"}},
                 description="The chart's ValidatingAdmissionPolicies (Kubernetes 1.30+).",

@@ -59,6 +59,14 @@ class Delivery(ApiModel):
     error: str | None = Field(default=None, description="The last Kafka error, where there is one.")
 
 
+class ValidateResponse(ApiModel):
+    """POST /v1/validate: the run request would be accepted by POST /v1/runs (plan, parameters,
+    devices, metadata keys), as the worker's plans stand now. A refusal is the same 422 as
+    /v1/runs gives."""
+
+    plan_set_hash: str = Field(description="The plan set the request was checked against.")
+
+
 def delivery_condition(
     conditions: list[Condition], delivery: Delivery | None, generation: int | None, *, delivered: str
 ) -> list[Condition]:

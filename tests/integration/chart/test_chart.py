@@ -78,6 +78,9 @@ def test_default_render(chart_cluster):
         ("Role", "kubesky-operator"),
         ("RoleBinding", "kubesky-operator"),
         ("ValidatingAdmissionPolicy", "kubesky-operator-pods"),
+        ("ValidatingWebhookConfiguration", "kubesky-operator-webhook"),
+        ("Service", "kubesky-operator-webhook"),
+        ("ClusterRole", "kubesky-operator-webhook"),
         ("ValidatingAdmissionPolicyBinding", "kubesky-operator-pods"),
         ("ValidatingAdmissionPolicy", "kubesky-worker-planrun-status"),
         ("ValidatingAdmissionPolicyBinding", "kubesky-worker-planrun-status"),
@@ -90,8 +93,21 @@ def test_default_render(chart_cluster):
     ]:
         assert expected in got, f"{expected} not rendered; got {sorted(got)}"
     assert not any(k == "ServiceMonitor" for k, _ in got)
-    # By default the operator watches the release namespace only: nothing of it is cluster-wide.
-    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    # By default the operator watches the release namespace only: nothing of it is cluster-wide
+    # but its own webhook configuration, by name.
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == "kubesky-operator-webhook"
+    (webhook_role,) = [
+        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubesky-operator-webhook"
+    ]
+    assert webhook_role["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "resourceNames": ["kubesky-operator-webhook"],
+            "verbs": ["get", "patch"],
+        }
+    ]
     assert ("ClusterRole", "kubesky-operator") not in got
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")} == {
         "kubesky-system"

@@ -18,6 +18,7 @@ from tests.infra.services import REPO_ROOT, ControlPlane
 
 CHART = REPO_ROOT / "charts" / "kubesky"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
+WEBHOOK = "kubesky-operator-webhook"
 RELEASE_NS = "kubesky-system"
 
 Doc = dict[str, Any]
@@ -152,10 +153,22 @@ def test_worker_port_reaches_operator_and_policy(cluster):
 def test_watched_namespaces(cluster):
     docs = render(cluster, "--set", "namespaces={beamlines,lab}")
     assert operator_settings(one(docs, "Deployment")).namespaces == ["beamlines", "lab"]
-    # Nothing of the operator is cluster-wide: its rules are in a Role per namespace (kopf, given
-    # namespaces, does not follow the CRDs).
-    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == set(USER_ROLES)
+    # Nothing of the operator is cluster-wide but its webhook configuration, by name: its rules are
+    # in a Role per namespace (kopf, given namespaces, does not follow the CRDs).
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"] == [WEBHOOK]
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {*USER_ROLES, WEBHOOK}
+    assert one(docs, "ClusterRole", WEBHOOK)["rules"][0]["resourceNames"] == [WEBHOOK]
+    # The webhook is sent the watched namespaces' objects only.
+    for hook in one(docs, "ValidatingWebhookConfiguration", WEBHOOK)["webhooks"]:
+        (expr,) = hook["namespaceSelector"]["matchExpressions"]
+        assert expr == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "In",
+            "values": ["beamlines", "lab"],
+        }
+    no_webhook = render(cluster, "--set", "webhook.enabled=false")
+    assert not [d for d in no_webhook if WEBHOOK in d["metadata"]["name"]]
+    assert "KUBESKY_WEBHOOK_PORT" not in str(one(no_webhook, "Deployment"))
     for ns in ("beamlines", "lab"):
         assert one(docs, "Role", namespace=ns)["rules"]
         assert one(docs, "RoleBinding", namespace=ns)["subjects"][0]["namespace"] == RELEASE_NS
@@ -197,6 +210,8 @@ def test_watched_namespaces(cluster):
     }
     assert cluster_role["rules"][1:] == one(default, "Role", namespace=RELEASE_NS)["rules"]
     assert one(everywhere, "ClusterRoleBinding", "kubesky-operator")["roleRef"]["name"] == "kubesky-operator"
+    for hook in one(everywhere, "ValidatingWebhookConfiguration", WEBHOOK)["webhooks"]:
+        assert "namespaceSelector" not in hook
     assert (
         "matchResources"
         not in one(everywhere, "ValidatingAdmissionPolicyBinding", "kubesky-worker-planrun-status")["spec"]
@@ -287,7 +302,8 @@ def test_user_roles(cluster):
             assert "aggregationRule" not in doc and not any(
                 k.startswith("rbac.authorization.k8s.io/aggregate") for k in doc["metadata"]["labels"]
             )
-    assert not [d for d in render(cluster, "--set", "userRoles.create=false") if d["kind"] == "ClusterRole"]
+    without = render(cluster, "--set", "userRoles.create=false")
+    assert [d["metadata"]["name"] for d in without if d["kind"] == "ClusterRole"] == [WEBHOOK]
 
 
 def test_admission_policies_can_be_turned_off(cluster):

@@ -248,6 +248,30 @@ def test_operator_can_i(installed: Installed):
     assert [c for c in OPERATOR_MAY_NOT if can_i(installed.cp, who, *c)] == [], "the operator holds more"
 
 
+def test_operator_may_patch_its_own_webhook_configuration_only(installed: Installed):
+    """The admission webhook's one cluster-wide permission: get and patch (its caBundle) of the
+    chart's ValidatingWebhookConfiguration, by name; no other configuration, no create or delete."""
+    who = [f"--kubeconfig={installed.operator_kc}"]
+
+    def can(verb: str, what: str) -> bool:
+        out = installed.cp.kubectl(*who, "auth", "can-i", verb, what, check=False)
+        assert out.stdout.strip() in ("yes", "no"), out.stderr
+        return out.stdout.strip() == "yes"
+
+    own = "validatingwebhookconfigurations.admissionregistration.k8s.io/kubesky-operator-webhook"
+    other = "validatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"
+    assert can("get", own) and can("patch", own)
+    for verb, what in [
+        ("delete", own),
+        ("update", own),
+        ("patch", other),
+        ("get", other),
+        ("list", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+        ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+    ]:
+        assert not can(verb, what), (verb, what)
+
+
 def test_operator_pod_patches_only_nudge_worker_pods(installed: Installed):
     """RBAC lets the operator patch pods; the policy kubesky-operator-pods lets that patch set only
     the plan-rollout annotation of a kubesky worker's pod."""

@@ -20,6 +20,7 @@ from kubesky_operator.api import GROUP, VERSION
 from tests.helpers.beamlines import external_beamline, worker_identity
 from tests.helpers.operator_process import OperatorProcess, operator_identity
 from tests.helpers.worker_process import WorkerProcess, sim_config
+from tests.infra.services import free_port
 
 TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted", "Rejected", "Cancelled"}
 
@@ -39,6 +40,7 @@ def operator_process(operator_kubeconfig, tmp_path_factory) -> Iterator[Operator
         operator_kubeconfig,
         tmp_path_factory.mktemp("operator-proc"),
         ["--worker-objects-resync", str(WORKER_OBJECTS_RESYNC)],
+        webhook_port=free_port(),  # served always; test_admission points a configuration at it
     )
     op.start()
     try:
