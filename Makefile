@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node bench-retention crds crds-check lint test test-unit test-integration demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload soak clean
 
 all: test
@@ -89,7 +89,7 @@ dev-up: venv infra
 dev-down: venv
 	$(PY) -m tests.infra.dev down
 
-bench: bench-worker bench-operator bench-reload bench-node
+bench: bench-worker bench-operator bench-reload bench-retention bench-node
 
 # The fuzzing `make test` runs, at length (tens of minutes): the worker API with 500 examples per
 # operation, and the generated PlanRuns with the Hypothesis profile "soak".
@@ -105,6 +105,9 @@ bench-operator: venv infra
 
 bench-reload: venv infra
 	$(PY) tests/bench/bench_reload.py
+
+bench-retention: venv infra
+	$(PY) tests/bench/bench_retention.py
 
 bench-node: venv infra images
 	$(PY) tests/bench/bench_node.py

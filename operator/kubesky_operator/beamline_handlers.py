@@ -69,7 +69,12 @@ async def drain_beamline(ctl: Controller, body: kopf.Body) -> None:
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     @kopf.index(GROUP, VERSION, "beamlines", registry=registry, id="beamline-store")
     async def beamline_store(body: kopf.Body, **_: Any) -> None:
-        ctl.observe_beamline(body)
+        meta = body.get("metadata") or {}
+        old = ctl.store.beamlines.get((meta.get("namespace", ""), meta.get("name", "")))
+        new = ctl.observe_beamline(body)
+        # Here, not in the event handler: the index handler may have stored the new spec first.
+        if old is None or old.generation != new.generation:
+            ctl.retention.policy_changed(new.key)
 
     @kopf.on.event(GROUP, VERSION, "beamlines", registry=registry, id="beamline-event")
     async def beamline_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
@@ -78,6 +83,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
             await ctl.forget_beamline(key)
+            ctl.retention.policy_changed(key)  # its runs keep their own TTL only
             return
         old = ctl.store.beamlines.get(key)
         new = ctl.observe_beamline(body)

@@ -254,7 +254,7 @@ class BeamlineMonitor:
         if not (self.ctl.indexed and state.current_run and ref is not None):
             self._orphan = None
             return
-        run = self.ctl.store.runs.get((ref.namespace, ref.name))
+        run = self.ctl.store.get((ref.namespace, ref.name))
         if run is not None and run.uid == state.current_run:
             self._orphan = None
             return

@@ -24,8 +24,9 @@ from .metrics import TRANSITIONS, phase_changed
 from .plan_rollout import PlanRollout
 from .positions import PositionWriter
 from .queue import RunView
+from .retention import Retention
 from .settings import OperatorSettings
-from .store import BeamlineKey, BeamlineView, Store
+from .store import BeamlineKey, BeamlineView, SettledRun, Store
 from .transition_events import RecoveredTransitions, describe_transition
 from .workerclient import WorkerUnreachable
 
@@ -72,6 +73,7 @@ class Controller:
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
         self.rollout = PlanRollout(self)
         self.recovered = RecoveredTransitions(self)
+        self.retention = Retention(self)
         self._worker_session: aiohttp.ClientSession | None = None
         self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
@@ -89,6 +91,7 @@ class Controller:
         self.events.recorder.start()
         self.positions.start()
         self.recovered.start()
+        self.retention.start()
         s = self.settings
         if (s.worker_tls or s.worker_network_policy) and not s.operator_namespace:
             log.warning(
@@ -100,6 +103,7 @@ class Controller:
     async def stop(self) -> None:
         await self.rollout.stop()
         await self.recovered.stop()
+        await self.retention.stop()
         for d in list(self.dispatchers.values()):
             await d.stop()
         for m in list(self.monitors.values()):
@@ -187,11 +191,12 @@ class Controller:
 
     # Observations ---------------------------------------------------------------------------
 
-    def observe_run(self, body: Mapping[str, Any]) -> RunView:
+    def observe_run(self, body: Mapping[str, Any]) -> RunView | SettledRun:
         """Record a PlanRun body (watch event or our own write's response); note transitions."""
         old, new = self.store.upsert_run(body)
         if new is old:
             return new
+        assert isinstance(new, RunView)
         old_phase = old.phase if old is not None and old.uid == new.uid else None
         if old_phase != new.phase:
             phase_changed(old_phase.value if old_phase else None, new.phase.value if new.phase else None)
@@ -205,7 +210,7 @@ class Controller:
                 d = self.dispatchers.get((new.namespace, new.beamline))
                 if d is not None:
                     d.forget(new.uid)
-        if self.started:
+        if self.started and not new.settled:
             d = self.dispatchers.get((new.namespace, new.beamline))
             if d is not None:
                 d.saw(new.uid)

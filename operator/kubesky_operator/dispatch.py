@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .api import (
@@ -225,7 +226,14 @@ class BeamlineDispatcher:
         await self._housekeeping(plan, dispatched_uid)
 
     def _fresh(self, run: RunView) -> RunView:
-        return self.ctl.store.runs.get(run.key) or run
+        live = self.ctl.store.runs.get(run.key)
+        if live is not None:
+            return live
+        settled = self.ctl.store.settled.get(run.key)
+        if settled is not None and settled.uid == run.uid:
+            # finished and handled meanwhile: only its phase matters to a caller now
+            return replace(run, phase=settled.phase, resource_version=settled.resource_version, finalizers=())
+        return run
 
     async def _housekeeping(self, plan: QueuePlan, dispatched_uid: str | None) -> None:
         """Writes that decide nothing run in the background so that the loop is free for the next

@@ -41,7 +41,10 @@ def configure_kopf(settings: kopf.OperatorSettings, namespaces: list[str]) -> No
     settings.watching.client_timeout = 630
     settings.watching.connect_timeout = 5
     settings.watching.reconnect_backoff = 0.1
-    settings.queueing.idle_timeout = 2.0
+    # A year of finished PlanRuns must not be held at once: the initial listing comes in chunks,
+    # and an object's worker (holding its last body) ends half a second after its last event.
+    settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 0.5
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 5
     settings.networking.error_backoffs = (0.1, 0.5, 1, 2, 5, 10)

@@ -42,6 +42,16 @@ ADMISSION_LATENCY = Histogram(
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+PLANRUNS_DELETED = Counter(
+    "kubesky_planruns_deleted_total",
+    "Finished PlanRuns deleted by retention, by reason (ttl, history).",
+    ["reason"],
+)
+STORE_PLANRUNS = Gauge(
+    "kubesky_operator_store_planruns",
+    "PlanRuns the operator holds: live (whole) and settled (the few fields retention needs).",
+    ["kind"],
+)
 API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
 
 

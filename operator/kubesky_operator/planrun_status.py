@@ -16,8 +16,28 @@ BEAMLINE_NOT_FOUND = "BeamlineNotFound"
 BEAMLINE_DELETED = "BeamlineDeleted"
 
 
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # what the apiserver writes for a metav1.Time
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(RFC3339)
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime(RFC3339)
+
+
+def parse_rfc3339(value: Any) -> float | None:
+    """Seconds since the epoch of a Kubernetes timestamp, or None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, RFC3339).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        try:
+            return datetime.fromisoformat(value).timestamp()  # a worker's, with fractions or offset
+        except ValueError:
+            return None
 
 
 def _conditions(run: RunView) -> list[Condition]:

@@ -10,10 +10,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ACTIVE_PHASES, TERMINAL_PHASES, Phase, PlanRunState
+from .api import ACTIVE_PHASES, KEEP_LABEL, TERMINAL_PHASES, Phase, PlanRunState
 from .api.applied import dropped_nulls
 
 FINALIZER = "kubesky.io/abort-on-delete"
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _resource_version(value: Any) -> int:
@@ -46,6 +53,8 @@ class RunView:
     timeout_seconds: int | None = None
     status: Mapping[str, Any] = field(default_factory=dict)
     dropped_nulls: tuple[str, ...] = ()  # params/metadata nulls kubectl apply removed (api.applied)
+    ttl_seconds_after_finished: int | None = None
+    keep: bool = False  # labelled kubesky.io/keep=true: retention never deletes it
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunView:
@@ -78,6 +87,8 @@ class RunView:
             status=dict(status),
             # only a run not yet dispatched is decided on by it: skip the JSON for the others
             dropped_nulls=tuple(dropped_nulls(body)) if phase in (None, "Pending", "Queued") else (),
+            ttl_seconds_after_finished=_int_or_none(spec.get("ttlSecondsAfterFinished")),
+            keep=((meta.get("labels") or {}).get(KEEP_LABEL) == "true"),
         )
 
     @property
@@ -100,6 +111,12 @@ class RunView:
     @property
     def has_finalizer(self) -> bool:
         return FINALIZER in self.finalizers
+
+    @property
+    def settled(self) -> bool:
+        """Finished and handled (final condition written, finalizer gone): nothing is left to do
+        with it but retention, and the operator keeps only a SettledRun of it."""
+        return self.terminal and not self.has_finalizer and succeeded_condition_final(self)
 
     def condition(self, type_: str) -> Mapping[str, Any] | None:
         for cond in self.status.get("conditions") or ():

@@ -15,12 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .api import Phase
 from .events import COMPONENT
 from .kubeapi import resource_path
+from .planrun_status import parse_rfc3339
 from .queue import RunView
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 WARNING_PHASES = {Phase.FAILED, Phase.ABORTED, Phase.REJECTED}
 RECENT_SECONDS = 3600.0  # the apiserver's default Event time-to-live
+MAX_RECOVERED = 500  # a restored backup of thousands of runs must not become thousands of Events
 RECOVERED = " (seen when the operator started: it happened while the operator was not running)"
 
 
@@ -60,19 +61,10 @@ def describe_transition(run: RunView) -> tuple[str, str, bool]:
     return reason, message, phase in WARNING_PHASES
 
 
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
-
-
 def last_transition(status: Mapping[str, Any]) -> float | None:
     """When the run last changed phase, as far as its status tells (seconds since the epoch)."""
-    times = [_parse_time(c.get("lastTransitionTime")) for c in status.get("conditions") or ()]
-    times += [_parse_time(status.get(k)) for k in ("completionTime", "startTime")]
+    times = [parse_rfc3339(c.get("lastTransitionTime")) for c in status.get("conditions") or ()]
+    times += [parse_rfc3339(status.get(k)) for k in ("completionTime", "startTime")]
     known = [t for t in times if t is not None]
     return max(known) if known else None
 
@@ -80,7 +72,9 @@ def last_transition(status: Mapping[str, Any]) -> float | None:
 class RecoveredTransitions:
     def __init__(self, ctl: Controller) -> None:
         self.ctl = ctl
-        self._candidates: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
+        # uid -> (namespace, name, phase, (reason, message, warning)): described when seen, since
+        # a finished run is then kept as a SettledRun, without its status
+        self._candidates: dict[str, tuple[str, str, Phase, tuple[str, str, bool]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.done = False
 
@@ -90,7 +84,7 @@ class RecoveredTransitions:
             return
         at = last_transition(run.status)
         if at is not None and time.time() - at < RECENT_SECONDS:
-            self._candidates[run.uid] = run.key
+            self._candidates[run.uid] = (run.namespace, run.name, run.phase, describe_transition(run))
 
     def start(self) -> None:
         if self._task is None:
@@ -105,10 +99,10 @@ class RecoveredTransitions:
         await self.ctl.listed.wait()  # kopf has listed every watched kind
         self.done = True
         candidates, self._candidates = self._candidates, {}
-        by_namespace: dict[str, list[tuple[str, str]]] = {}
-        for uid, key in candidates.items():
-            by_namespace.setdefault(key[0], []).append((uid, key[1]))
-        posted = 0
+        by_namespace: dict[str, list[tuple[str, str, Phase, tuple[str, str, bool]]]] = {}
+        for uid, (namespace, name, phase, described) in candidates.items():
+            by_namespace.setdefault(namespace, []).append((uid, name, phase, described))
+        posted = skipped = 0
         for namespace, runs in by_namespace.items():
             try:
                 seen = await self._events_of(namespace)
@@ -119,17 +113,23 @@ class RecoveredTransitions:
                     exc,
                 )
                 continue
-            for uid, name in runs:
-                run = self.ctl.store.runs.get((namespace, name))
-                if run is None or run.uid != uid or run.phase is None:
+            for uid, name, phase, (reason, message, warning) in runs:
+                run = self.ctl.store.get((namespace, name))
+                if run is None or run.uid != uid or run.phase != phase or (uid, reason) in seen:
+                    continue  # gone, or moved on (the live Event was posted), or it has its Event
+                if posted >= MAX_RECOVERED:
+                    skipped += 1
                     continue
-                reason, message, warning = describe_transition(run)
-                if (uid, reason) in seen:
-                    continue
-                self.ctl.events.record_run(run, reason, message + RECOVERED, warning=warning)
+                obj = {"metadata": {"name": name, "namespace": namespace, "uid": uid}}
+                self.ctl.events.recorder.record(
+                    obj, reason, message + RECOVERED, kind="PlanRun", warning=warning
+                )
                 posted += 1
         log.info(
-            "recent transitions seen on start: %d runs looked at, %d Events posted", len(candidates), posted
+            "recent transitions seen on start: %d runs looked at, %d Events posted%s",
+            len(candidates),
+            posted,
+            f", {skipped} more not (at most {MAX_RECOVERED})" if skipped else "",
         )
 
     async def _events_of(self, namespace: str) -> set[tuple[str, str]]:

@@ -219,10 +219,17 @@ class OperatorProcess:
 
     def peak_rss_mb(self) -> float | None:
         """VmHWM of the running operator, in MiB."""
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float | None:
+        """VmRSS of the running operator, in MiB."""
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, field: str) -> float | None:
         if not self.alive() or self.proc is None:
             return None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
         return None
 

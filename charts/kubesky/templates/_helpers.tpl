@@ -60,6 +60,11 @@ escalation check refuses a Role granting more than its creator holds. */}}
 - apiGroups: ["kubesky.io"]
   resources: ["planruns"]
   verbs: ["get", "list", "watch", "patch"]
+# delete: retention of finished PlanRuns (TTL, history limits); an admission policy allows it only
+# on a finished PlanRun not labelled kubesky.io/keep=true.
+- apiGroups: ["kubesky.io"]
+  resources: ["planruns"]
+  verbs: ["delete"]
 - apiGroups: ["kubesky.io"]
   resources: ["beamlines"]
   verbs: ["get", "list", "watch", "patch"]

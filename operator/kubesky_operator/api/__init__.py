@@ -11,12 +11,14 @@ from .beamline import (
     KafkaSpec,
     PlanInfo,
     PlanSources,
+    RetentionSpec,
     SecretKeyRef,
     WorkerSpec,
 )
 from .common import API_VERSION, CATEGORY, GROUP, VERSION, ApiModel, Condition, ConditionStatus, set_condition
 from .planrun import (
     ACTIVE_PHASES,
+    KEEP_LABEL,
     TERMINAL_PHASES,
     KafkaRange,
     Phase,
@@ -53,6 +55,7 @@ __all__ = [
     "CATEGORY",
     "DOCUMENTS_DELIVERED",
     "GROUP",
+    "KEEP_LABEL",
     "PLANS_LOADED",
     "TERMINAL_PHASES",
     "VERSION",
@@ -88,6 +91,7 @@ __all__ = [
     "PlanSources",
     "Progress",
     "ReloadResponse",
+    "RetentionSpec",
     "RunRecord",
     "RunRequest",
     "SecretKeyRef",

@@ -143,6 +143,32 @@ class KafkaSpec(ApiModel):
     )
 
 
+class RetentionSpec(ApiModel):
+    """How long the operator keeps this beamline's finished PlanRuns (their documents are never
+    touched). A PlanRun's own spec.ttlSecondsAfterFinished overrides the TTL; one labelled
+    kubesky.io/keep=true is never deleted. Unset: kept for ever."""
+
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=10 * 366 * 86400,
+        description="Delete a finished PlanRun this many seconds after it finished.",
+    )
+    successful_history_limit: int | None = Field(
+        default=None,
+        ge=0,
+        description="Keep at most this many of the latest Succeeded or Stopped PlanRuns; older ones are deleted.",
+    )
+    failed_history_limit: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Keep at most this many of the latest Failed, Aborted, Rejected or Cancelled PlanRuns; "
+            "older ones are deleted."
+        ),
+    )
+
+
 class BeamlineSpec(ApiModel):
     """Desired state of a beamline's worker."""
 
@@ -157,6 +183,10 @@ class BeamlineSpec(ApiModel):
     )
     suspend: bool = Field(
         default=False, description="When true the queue is held: nothing new is dispatched."
+    )
+    retention: RetentionSpec = Field(
+        default_factory=RetentionSpec,
+        description="How long finished PlanRuns of this beamline are kept (default: for ever).",
     )
     next_scan_id: int | None = Field(
         default=None,

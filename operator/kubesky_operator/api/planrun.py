@@ -73,6 +73,11 @@ def may_transition(old: Phase | str | None, new: Phase | str) -> bool:
 RESERVED_START_KEYS = {"uid": "string", "time": "number", "scan_id": "integer"}
 
 
+# A finished PlanRun labelled so is never deleted by retention (a run someone is investigating).
+KEEP_LABEL = "kubesky.io/keep"
+TTL_MAX = 10 * 366 * 86400  # ten years: longer means "keep", and the label says that better
+
+
 class PlanRunSpec(ApiModel):
     """What to run: a plan of a beamline with its parameters."""
 
@@ -123,6 +128,16 @@ class PlanRunSpec(ApiModel):
         default=None,
         ge=1,
         description="Abort the run if it has been running longer than this many seconds.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=TTL_MAX,
+        description=(
+            "Delete this PlanRun this many seconds after it finished (like a Job's); overrides the "
+            "Beamline's spec.retention.ttlSecondsAfterFinished. Its documents stay where they are "
+            f"(Kafka, Tiled). The label {KEEP_LABEL}=true keeps it whatever the retention says."
+        ),
     )
 
 
@@ -175,4 +190,12 @@ class PlanRunStatus(ApiModel):
     worker: str | None = Field(default=None, description="The worker (pod or endpoint) that ran the plan.")
     plan_set_hash: str | None = Field(default=None, description="Hash of the plan sources the run used.")
     kafka: KafkaRange | None = Field(default=None, description="Where the run's documents are in Kafka.")
+    delete_after: datetime | None = Field(
+        default=None,
+        description=(
+            "When retention deletes this finished PlanRun (its own or its Beamline's TTL); absent while "
+            "it runs, when no TTL applies, or when it is kept. The Beamline's history limits may delete "
+            "it sooner."
+        ),
+    )
     observed_generation: int | None = Field(default=None, description="Last .metadata.generation acted on.")

@@ -175,6 +175,7 @@ OPERATOR_MAY = [
     ("create", "roles.rbac.authorization.k8s.io", "beamlines"),
     ("patch", "pods", "lab"),
     ("create", "events", "lab"),
+    ("delete", "planruns.kubesky.io", "beamlines"),  # retention: finished ones only (admission policy)
 ]
 # And what it must not hold.
 OPERATOR_MAY_NOT = [
@@ -194,7 +195,7 @@ OPERATOR_MAY_NOT = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),  # kopf, given namespaces
     ("create", "pods", "beamlines"),
     ("create", "pods/exec", "beamlines"),
-    ("delete", "planruns.kubesky.io", "beamlines"),  # PlanRuns are the user's
+    ("create", "planruns.kubesky.io", "beamlines"),  # PlanRuns are the user's
     ("escalate", "roles.rbac.authorization.k8s.io", "beamlines"),
     ("bind", "clusterroles.rbac.authorization.k8s.io", "beamlines"),
     ("impersonate", "serviceaccounts", "beamlines"),

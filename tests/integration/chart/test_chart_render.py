@@ -253,7 +253,7 @@ def granted(rules: list[Doc]) -> set[tuple[str, str]]:
 # Exactly the calls the operator makes (grep kubeapi.KubeApi's callers and kopf's handlers), and
 # those of the NetworkPolicy and TLS Secret per worker it is about to manage.
 OPERATOR_GRANTS = {
-    *{("planruns.kubesky.io", v) for v in ("get", "list", "watch", "patch")},
+    *{("planruns.kubesky.io", v) for v in ("get", "list", "watch", "patch", "delete")},
     *{("beamlines.kubesky.io", v) for v in ("get", "list", "watch", "patch")},
     ("planruns.kubesky.io/status", "get"),
     ("planruns.kubesky.io/status", "patch"),

@@ -170,7 +170,12 @@ def test_admission_policies_are_served_and_installed(installed: Installed):
     assert {"validatingadmissionpolicies.admissionregistration.k8s.io"} <= set(out.stdout.split())
     admission = client.AdmissionregistrationV1Api(installed.admin())
     names = {p.metadata.name for p in admission.list_validating_admission_policy().items}
-    assert names == {"kubesky-operator-pods", "kubesky-operator-secrets", "kubesky-worker-planrun-status"}
+    assert names == {
+        "kubesky-operator-pods",
+        "kubesky-operator-secrets",
+        "kubesky-operator-planrun-deletes",
+        "kubesky-worker-planrun-status",
+    }
     for name in names:
         assert admission.read_validating_admission_policy_binding(name).spec.validation_actions == ["Deny"]
 
@@ -195,6 +200,7 @@ OPERATOR_MAY = [
     ("patch", "networkpolicies.networking.k8s.io", NS),
     ("list", "pods", NS),
     ("patch", "pods", NS),
+    ("delete", "planruns.kubesky.io", NS),  # retention, narrowed by an admission policy
 ]
 # ... and nothing more.
 OPERATOR_MAY_NOT = [
@@ -219,7 +225,6 @@ OPERATOR_MAY_NOT = [
     ("bind", "clusterroles.rbac.authorization.k8s.io", NS),
     ("impersonate", "serviceaccounts", NS),
     ("create", "planruns.kubesky.io", NS),  # PlanRuns and Beamlines are the users'
-    ("delete", "planruns.kubesky.io", NS),
     ("update", "planruns.kubesky.io", NS),
     ("create", "beamlines.kubesky.io", NS),
     ("update", "planruns.kubesky.io/finalizers", NS),
@@ -369,6 +374,35 @@ def test_operator_secrets(installed: Installed):
         )
     )
     assert admin_core.read_namespaced_secret("facility-db", NS).data == {"k": "dg=="}
+
+
+def test_operator_deletes_only_finished_unkept_planruns(installed: Installed):
+    """Retention's delete, narrowed by the chart's policy: a waiting or running PlanRun, or a
+    finished one labelled kubesky.io/keep=true, cannot be deleted with the operator's token."""
+    admin = client.CustomObjectsApi(installed.admin())
+    custom = client.CustomObjectsApi(installed.operator())
+    for name, phase, labels in [
+        ("waiting", "Queued", {}),
+        ("running", "Running", {}),
+        ("kept", "Succeeded", {"kubesky.io/keep": "true"}),
+        ("finished", "Failed", {}),
+    ]:
+        body = _planrun(name, "sim")
+        body["metadata"]["labels"] = labels
+        admin.create_namespaced_custom_object(GROUP, VERSION, NS, "planruns", body)
+        admin.patch_namespaced_custom_object_status(
+            GROUP, VERSION, NS, "planruns", name, {"status": {"phase": phase}}
+        )
+    policy = "kubesky-operator-planrun-deletes"
+    delete = custom.delete_namespaced_custom_object
+    for name in ("waiting", "running", "kept"):
+        denied(lambda name=name: delete(GROUP, VERSION, NS, "planruns", name), policy)
+    delete(GROUP, VERSION, NS, "planruns", "finished")
+    left = {
+        p["metadata"]["name"]
+        for p in admin.list_namespaced_custom_object(GROUP, VERSION, NS, "planruns")["items"]
+    }
+    assert {"waiting", "running", "kept"} <= left and "finished" not in left
 
 
 def test_operator_applies_worker_objects_and_cannot_escalate(installed: Installed):
