@@ -78,7 +78,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
 
     @kopf.on.event(GROUP, VERSION, "beamlines", registry=registry, id="beamline-event")
     async def beamline_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        ctl.mark_indexed()
+        ctl.mark_beamlines_indexed()
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":

@@ -1,6 +1,7 @@
 """kopf handlers for PlanRuns: every watch event updates the store and wakes the beamline's
-dispatcher. The index handler fills the store during the initial listing; kopf holds the other
-handlers until every resource kind is listed, so no dispatch decision is made on a partial view."""
+dispatcher. No index: the store is primed by the controller's own chunked list at start (kopf's
+index of PlanRuns held every object's worker on a shared condition, O(N^2) in their number), and
+dispatchers decide only once it is (`Controller.indexed`)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,9 @@ from .controller import Controller
 
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
-    @kopf.index(GROUP, VERSION, "planruns", registry=registry, id="planrun-store")
-    async def planrun_store(body: kopf.Body, **_: Any) -> None:
-        run = ctl.observe_run(body)
-        if ctl.indexed:
-            ctl.wake((run.namespace, run.beamline))
-
     @kopf.on.event(GROUP, VERSION, "planruns", registry=registry, id="planrun-event")
     async def planrun_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        ctl.mark_indexed()
+        ctl.mark_beamlines_indexed()  # kopf calls event handlers once the Beamlines are indexed
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         key = (meta.get("namespace", ""), spec.get("beamline", ""))
