@@ -1,6 +1,8 @@
 """HTTPS for the admission webhook: the server kopf hands admission reviews to, its certificate
 issued by the operator's CA (the one in `worker_tls`, so no second CA to keep), and the caBundle
-of the ValidatingWebhookConfiguration the chart creates.
+of the ValidatingWebhookConfiguration the chart creates. With `webhook_cert_dir` (the chart's
+cert-manager option) the certificate is read from there instead, reloaded when it changes, and
+the caBundle is left to cert-manager's CA injector.
 
 The certificate names the webhook's Service (`<service>.<namespace>.svc` and
 `.svc.<cluster domain>`) and any `webhook_hosts`; it lives in memory only, is issued at start and
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_REVIEW_BYTES = 8 * 1024 * 1024  # an AdmissionReview holds the object (and the old one on UPDATE)
 CA_BUNDLE_CHECK_SECONDS = 5.0  # one small GET; a re-created configuration is served again within it
 RENEW_CHECK_SECONDS = 3600.0
+MOUNTED_CHECK_SECONDS = 60.0
 VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 
 
@@ -45,6 +48,7 @@ class AdmissionServer:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca: worker_tls.CertificateAuthority | None = None
         self._not_after: datetime | None = None
+        self._mounted_stamp: tuple[int, int] | None = None
         self.port: int | None = None
 
     def dns_names(self) -> list[str]:
@@ -84,15 +88,38 @@ class AdmissionServer:
             self._not_after.date(),
         )
 
+    def _load_mounted(self) -> bool:
+        """The certificate another issuer keeps in `webhook_cert_dir` (cert-manager's tls.crt and
+        tls.key, from a mounted Secret); True when it was (re)loaded."""
+        d = Path(self.ctl.settings.webhook_cert_dir or "")
+        cert_file, key_file = d / "tls.crt", d / "tls.key"
+        try:
+            stamp = (cert_file.stat().st_mtime_ns, key_file.stat().st_mtime_ns)
+            if stamp == self._mounted_stamp:
+                return False
+            self.context.load_cert_chain(cert_file, key_file)
+            self._not_after = x509.load_pem_x509_certificate(cert_file.read_bytes()).not_valid_after_utc
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("admission webhook certificate in %s not loaded: %s", d, exc)
+            return False
+        self._mounted_stamp = stamp
+        log.info("admission webhook certificate from %s (expires %s)", d, self._not_after.date())
+        return True
+
     @property
-    def ca_bundle(self) -> str:
-        assert self._ca is not None
-        return base64.b64encode(self._ca.cert_pem).decode()
+    def ca_bundle(self) -> str | None:
+        return base64.b64encode(self._ca.cert_pem).decode() if self._ca is not None else None
 
     async def __call__(self, fn: Callable[..., Any]) -> AsyncIterator[dict[str, Any]]:
         """kopf's webhook-server protocol: serve, yield the client config, run until cancelled."""
-        self._ca = await self._authority()
-        self._issue()
+        if self.ctl.settings.webhook_cert_dir:
+            while True:  # the kubelet projects the Secret once cert-manager has made it
+                if self._load_mounted():
+                    break
+                await asyncio.sleep(2.0)
+        else:
+            self._ca = await self._authority()
+            self._issue()
 
         async def review(request: web.Request) -> web.StreamResponse:
             if request.content_length is not None and request.content_length > MAX_REVIEW_BYTES:
@@ -121,12 +148,14 @@ class AdmissionServer:
         await site.start()
         self.port = s.webhook_port
         log.info("admission webhook on https://%s:%d", s.webhook_addr, s.webhook_port)
-        maintain = [
-            asyncio.create_task(self._keep_ca_bundle()),
-            asyncio.create_task(self._keep_certificate()),
-        ]
+        maintain = [asyncio.create_task(self._keep_certificate())]
+        if self._ca is not None:  # with a mounted certificate, its issuer injects the caBundle
+            maintain.append(asyncio.create_task(self._keep_ca_bundle()))
         try:
-            yield {"url": f"https://{self.dns_names()[0]}:{s.webhook_port}", "caBundle": self.ca_bundle}
+            config = {"url": f"https://{self.dns_names()[0]}:{s.webhook_port}"}
+            if self.ca_bundle:
+                config["caBundle"] = self.ca_bundle
+            yield config
             await asyncio.Event().wait()
         finally:
             for t in maintain:
@@ -135,6 +164,10 @@ class AdmissionServer:
             await runner.cleanup()
 
     async def _keep_certificate(self) -> None:
+        if self.ctl.settings.webhook_cert_dir:
+            while True:  # cert-manager renews the Secret; the kubelet projects it
+                await asyncio.sleep(MOUNTED_CHECK_SECONDS)
+                self._load_mounted()
         while True:
             await asyncio.sleep(RENEW_CHECK_SECONDS)
             if self._not_after is None or self._not_after - datetime.now(UTC) < worker_tls.RENEW_BEFORE:
@@ -163,6 +196,7 @@ class AdmissionServer:
         if vwc is None:
             raise LookupError(f"ValidatingWebhookConfiguration {name} not found")
         bundle = self.ca_bundle
+        assert bundle is not None
         ops: list[dict[str, Any]] = []
         for i, hook in enumerate(vwc.get("webhooks") or []):
             if (hook.get("clientConfig") or {}).get("caBundle") != bundle:

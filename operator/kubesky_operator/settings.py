@@ -133,6 +133,13 @@ class OperatorSettings(BaseModel):
         default_factory=list,
         description="More DNS names in the webhook's certificate (e.g. localhost for an operator run outside a cluster).",
     )
+    webhook_cert_dir: str | None = Field(
+        default=None,
+        description=(
+            "A directory holding the webhook's tls.crt and tls.key from another issuer (cert-manager); "
+            "unset: the operator issues the certificate from its own CA."
+        ),
+    )
     webhook_configuration: str | None = Field(
         default=None,
         description="The ValidatingWebhookConfiguration whose caBundle the operator keeps set to its CA.",

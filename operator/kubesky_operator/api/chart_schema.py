@@ -137,6 +137,19 @@ def values_schema() -> dict[str, Any]:
                     "port": port,
                     "failurePolicy": {"enum": ["Ignore", "Fail"]},
                     "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 30},
+                    "certManager": _strict(
+                        {
+                            "enabled": {"type": "boolean"},
+                            "issuerRef": _strict(
+                                {
+                                    "name": {"type": "string", "minLength": 1},
+                                    "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                                    "group": {"type": "string"},
+                                },
+                            ),
+                        },
+                        description="The webhook's certificate from cert-manager (issuerRef names the issuer).",
+                    ),
                 },
                 description=(
                     "The operator's validating admission webhook for PlanRuns and Beamlines "

@@ -393,3 +393,35 @@ def test_packaged_chart_carries_the_crds(cluster, tmp_path):
             assert extracted is not None and extracted.read() == crd.read_bytes()
         assert "kubesky/values.schema.json" in members
     assert render(cluster, "--include-crds", chart=archive) == render(cluster, "--include-crds")
+
+
+def test_webhook_certificate_from_cert_manager(cluster):
+    docs = render(
+        cluster,
+        "--set",
+        "webhook.certManager.enabled=true",
+        "--set",
+        "webhook.certManager.issuerRef.name=cluster-ca",
+        "--set",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    )
+    cert = one(docs, "Certificate", WEBHOOK, RELEASE_NS)
+    assert cert["spec"]["secretName"] == f"{WEBHOOK}-tls"
+    assert cert["spec"]["dnsNames"][0] == f"{WEBHOOK}.{RELEASE_NS}.svc"
+    assert cert["spec"]["issuerRef"] == {"name": "cluster-ca", "kind": "ClusterIssuer"}
+    vwc = one(docs, "ValidatingWebhookConfiguration", WEBHOOK)
+    assert vwc["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": f"{RELEASE_NS}/{WEBHOOK}"}
+    settings = operator_settings(one(docs, "Deployment"))
+    assert settings.webhook_cert_dir == "/etc/kubesky/webhook-tls" and settings.webhook_configuration is None
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "webhook-tls", "secret": {"secretName": f"{WEBHOOK}-tls"}} in pod["volumes"]
+    # cert-manager's injector sets the caBundle: the operator holds nothing cluster-wide for it.
+    assert not [
+        d
+        for d in docs
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding") and d["metadata"]["name"] == WEBHOOK
+    ]
+    out = cluster.helm(
+        "template", "kubesky", str(CHART), "--set", "webhook.certManager.enabled=true", check=False
+    )
+    assert out.returncode != 0 and "webhook.certManager.issuerRef.name" in out.stderr

@@ -161,7 +161,8 @@ def test_kafka_outage_is_visible_and_its_log_bounded(own_kafka, cluster, crds, n
                     "params": {"detectors": ["det"], "num": 5},
                 },
             )
-            assert r.status_code == 202, r.text
+            # 200: the session's operator, supervising this Beamline, dispatched the same PlanRun first
+            assert r.status_code in (200, 202), r.text
 
             def waiting(s):
                 cond = next((x for x in s.get("conditions") or () if x["type"] == "DocumentsDelivered"), None)
