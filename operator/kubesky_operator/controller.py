@@ -82,11 +82,10 @@ class Controller:
         # The store is whole once kopf has indexed the Beamlines (it then calls the event
         # handlers) and the PlanRuns are primed by a chunked list of our own (kopf's index of
         # PlanRuns cost O(N^2) at start: 10,000 finished runs took minutes of CPU). No dispatch
-        # decision, retention or recovery is made before: `indexed`, `listed`.
+        # decision, retention or recovery is made before: `listed` (`indexed`).
         self.beamlines_indexed = False
         self.runs_primed = False
-        self.indexed = False
-        self.listed = asyncio.Event()  # set with `indexed`
+        self.listed = asyncio.Event()
         self._primer: asyncio.Task[None] | None = None
 
     # Lifecycle ------------------------------------------------------------------------------
@@ -248,6 +247,10 @@ class Controller:
         _, new = self.store.upsert_beamline(body)
         return new
 
+    @property
+    def indexed(self) -> bool:
+        return self.listed.is_set()
+
     def mark_beamlines_indexed(self) -> None:
         if not self.beamlines_indexed:
             self.beamlines_indexed = True
@@ -256,7 +259,6 @@ class Controller:
     def _maybe_listed(self) -> None:
         if self.indexed or not (self.beamlines_indexed and self.runs_primed):
             return
-        self.indexed = True
         self.listed.set()
         log.info(
             "store primed: %d live and %d finished PlanRuns", len(self.store.runs), len(self.store.settled)

@@ -129,7 +129,11 @@ class Store:
         if old is not None and old.uid == new.uid:
             if new.resource_version < old.resource_version:
                 return old, old
-            if phase_rank(new.phase) < phase_rank(old.phase) and new.resource_version == old.resource_version:
+            # The same version again (kopf's own listing after the priming list, a watch replay):
+            # nothing changed, and re-storing it would mark a settled run's history for retention.
+            if new.resource_version == old.resource_version and (
+                new.resource_version >= 0 or phase_rank(new.phase) < phase_rank(old.phase)
+            ):
                 return old, old
         self._discard(new.key)
         bl = (new.namespace, new.beamline)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .common import ApiModel, Condition
+from .planrun import TTL_MAX
 from .worker_config import KafkaConfig
 
 KIND = "Beamline"
@@ -151,7 +152,7 @@ class RetentionSpec(ApiModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
-        le=10 * 366 * 86400,
+        le=TTL_MAX,
         description="Delete a finished PlanRun this many seconds after it finished.",
     )
     successful_history_limit: int | None = Field(
