@@ -19,6 +19,7 @@ from .api import (
     Condition,
     ConditionStatus,
     ControlAction,
+    DeviceInfo,
     PlanInfo,
     WorkerState,
     delivery_condition,
@@ -56,6 +57,8 @@ class BeamlineMonitor:
         self._plans: list[PlanInfo] = []
         self.plan_names: frozenset[str] = frozenset()  # the catalogue the worker last served
         self._plans_hash: str | None = None
+        # The worker builds its devices at start: asked again when it (re)appears or its plans change.
+        self._devices: list[DeviceInfo] | None = None
         self._plan_set_changed: str | None = None
         self._orphan: str | None = None
         self._refused: list[Refusal] = []
@@ -219,6 +222,13 @@ class BeamlineMonitor:
             ):
                 self.client = client = WorkerClient(self.ctl.worker_session(), endpoint, token, ssl=tls)
             state = await client.state()
+            if (
+                self._devices is None
+                or not was_ready
+                or state.plan_set_hash != self._plans_hash
+                or (self.state is not None and state.worker != self.state.worker)
+            ):
+                self._devices = (await client.devices()).devices
             if state.plan_set_hash != self._plans_hash:
                 catalogue = await self.client.plans()
                 if self._plans_hash is not None:
@@ -336,6 +346,7 @@ class BeamlineMonitor:
             endpoint=self.endpoint,
             plans=self._plans,
             plan_count=len(self._plans) if self._plans_hash is not None else None,
+            devices=self._devices,
             plan_set_hash=self._plans_hash,
             plan_set_changed=self._plan_set_changed or bl.status.get("planSetChanged"),
             current_run=dispatcher.current_run if dispatcher else None,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from .api import (
     ControlAction,
     ControlRequest,
+    DeviceCatalogue,
     FieldError,
     PlanCatalogue,
     ReloadResponse,
@@ -162,6 +163,12 @@ class WorkerClient:
         if status != 200:
             raise WorkerUnreachable(f"GET /v1/plans: HTTP {status}")
         return self._parse(PlanCatalogue, "GET /v1/plans", text)
+
+    async def devices(self) -> DeviceCatalogue:
+        status, text = await self._call("GET", "/v1/devices")
+        if status != 200:
+            raise WorkerUnreachable(f"GET /v1/devices: HTTP {status}")
+        return self._parse(DeviceCatalogue, "GET /v1/devices", text)
 
     async def submit(self, request: RunRequest) -> SubmitResult:
         status, text = await self._call("POST", "/v1/runs", request.wire())

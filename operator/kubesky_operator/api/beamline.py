@@ -209,6 +209,11 @@ class PlanInfo(ApiModel):
     )
 
 
+class DeviceInfo(ApiModel):
+    name: str = Field(description="Device name, as used in PlanRun spec.params.")
+    type: str = Field(description="Python class of the device.")
+
+
 class BeamlineStatus(ApiModel):
     phase: str | None = Field(default=None, description="Ready, Progressing, Degraded or Suspended.")
     conditions: list[Condition] = Field(
@@ -217,6 +222,9 @@ class BeamlineStatus(ApiModel):
     endpoint: str | None = Field(default=None, description="URL the operator reaches the worker at.")
     plans: list[PlanInfo] = Field(default_factory=list, description="Plan catalogue the worker serves.")
     plan_count: int | None = Field(default=None, description="Number of plans served.")
+    devices: list[DeviceInfo] | None = Field(
+        default=None, description="Devices the worker built and connected (names plans take)."
+    )
     plan_set_hash: str | None = Field(default=None, description="Hash of the plan sources being served.")
     plan_set_changed: datetime | None = Field(default=None, description="When planSetHash last changed.")
     current_run: str | None = Field(default=None, description="Name of the PlanRun running now.")

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .beamline import DOCUMENTS_DELIVERED, PlanInfo
+from .beamline import DOCUMENTS_DELIVERED, DeviceInfo, PlanInfo
 from .common import ApiModel, Condition, ConditionStatus, set_condition
 from .limits import bounded
 from .planrun import KafkaRange, Phase, Progress
@@ -168,11 +168,6 @@ class PlanCatalogue(ApiModel):
 
     plan_set_hash: str
     plans: list[PlanInfo]
-
-
-class DeviceInfo(ApiModel):
-    name: str
-    type: str = Field(description="Python class of the device.")
 
 
 class DeviceCatalogue(ApiModel):

@@ -1,0 +1,1 @@
+"""kubesky: the command line for people at the beamline (also `kubectl kubesky`)."""
