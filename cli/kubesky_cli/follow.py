@@ -170,8 +170,10 @@ class PlainView(_View):
             return
         if docs.columns != self._columns and docs.rows[self.rows_shown :]:
             self._columns = list(docs.columns)
+            names = ["seq_num", "time", *self._columns]
+            self._widths = [max(12, len(c)) for c in names]
             self.console.print(
-                " ".join(f"{c:>12}" for c in ["seq_num", "time", *self._columns]),
+                " ".join(f"{c:>{w}}" for c, w in zip(names, self._widths, strict=True)),
                 highlight=False,
                 markup=False,
             )

@@ -312,6 +312,12 @@ def main() -> None:
         for line in exc.message.splitlines():
             err.print(f"{prog}: error: {line}", markup=False)
         sys.exit(exc.code)
+    except Exception as exc:
+        if os.environ.get("KUBESKY_DEBUG"):
+            raise
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(f"{prog}: error: {type(exc).__name__}: {exc} (KUBESKY_DEBUG=1 shows where)", markup=False)
+        sys.exit(errors.UNAVAILABLE)
 
 
 if __name__ == "__main__":

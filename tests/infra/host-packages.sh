@@ -3,6 +3,7 @@
 #   containerd runc containernetworking-plugins iptables ipset conntrack iproute2  <- the node
 #     (kubelet's runtime, kube-proxy, kube-router's NetworkPolicy)
 #   buildah debootstrap mmdebstrap ca-certificates                    <- tests/infra/images/build.sh
+#   tmux                                                              <- tests/integration/operator/test_cli.py (a real terminal)
 # Extra package names given as arguments are installed too.
 # Idempotent: when every package is already installed it only asks dpkg (no apt-get update), so it
 # is cheap to run before every build. Needs root on Debian (or a derivative) with apt: otherwise it
@@ -12,6 +13,7 @@ set -euo pipefail
 packages=(
   containerd runc containernetworking-plugins iptables ipset conntrack iproute2
   buildah debootstrap mmdebstrap ca-certificates
+  tmux
   "$@"
 )
 
