@@ -81,7 +81,7 @@ test-integration: venv infra
 	$(PY) -m pytest -ra tests/integration
 
 demo: venv infra
-	$(PY) tests/demo/demo.py
+	$(PY) tests/demo/demo.py $(if $(KEEP),--keep)
 
 dev-up: venv infra
 	$(PY) -m tests.infra.dev up

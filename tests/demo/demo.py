@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         print(events)
         if args.keep:
             say(
-                f"services left running; KUBECONFIG={cp.kubeconfig} kubectl get pr -n {NAMESPACE}  (Ctrl-C stops)"
+                f"services left running (Ctrl-C stops); in another shell:\n"
+                f"    export KUBECONFIG={cp.kubeconfig} PATH={Path(sys.executable).parent}:$PATH\n"
+                f"    kubectl get pr -n {NAMESPACE}\n"
+                f"    kubesky plans sim -n {NAMESPACE}"
             )
             while True:
                 time.sleep(3600)
