@@ -11,17 +11,18 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 from kubesky_operator.api import API_VERSION, TERMINAL_PHASES, PlanRunState
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from .kube import Cluster
+
 from . import errors
 from .errors import CliError
-from .follow import follow, kafka_target
-from .kube import Cluster, connect
 from .params import check_params, parse_assignments
 from .views import device_names, devices_table, find_plan, plan_table, plans_table, queue_table
 
@@ -40,7 +41,12 @@ def _cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(fn)
     def wrapper(namespace: str | None, context: str | None, kubeconfig: str | None, **kwargs: Any) -> Any:
-        return fn(lambda: Cluster(connect(kubeconfig, context, namespace)), **kwargs)
+        def cluster() -> Cluster:
+            from .kube import Cluster, connect  # the Kubernetes client: imported when used
+
+            return Cluster(connect(kubeconfig, context, namespace))
+
+        return fn(cluster, **kwargs)
 
     return wrapper
 
@@ -206,6 +212,8 @@ def run(
 
 
 def _follow(c: Cluster, name: str, kafka_bootstrap: str | None) -> None:
+    from .follow import follow
+
     try:
         code = asyncio.run(follow(c, name, kafka_bootstrap, out))
     except KeyboardInterrupt:
@@ -282,6 +290,7 @@ def plot_cmd(
     kafka_bootstrap: str | None,
 ) -> None:
     """Plot PLANRUN's primary stream from its documents in Kafka."""
+    from .follow import kafka_target
     from .plot import display_available, plot
 
     c = cluster()

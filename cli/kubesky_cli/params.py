@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
 
 from .errors import CliError
 
@@ -180,6 +179,8 @@ def check_params(
 ) -> list[str]:
     """Problems with `params` for `plan`, each `params.<path>: <message>` as the worker words it;
     empty when the worker would accept them (as far as the schema and device names can tell)."""
+    from jsonschema import Draft202012Validator  # ~1 s to import: only where a run is checked
+
     problems: list[tuple[list[Any], str]] = []
     validator = Draft202012Validator(dict(schema))
     for err in validator.iter_errors(dict(params)):

@@ -73,8 +73,8 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         old = ctl.store.beamlines.get((meta.get("namespace", ""), meta.get("name", "")))
         new = ctl.observe_beamline(body)
         # Here, not in the event handler: the index handler may have stored the new spec first.
-        if old is None or old.generation != new.generation:
-            ctl.retention.policy_changed(new.key)
+        if old is None or old.generation != new.generation or old.uid != new.uid:
+            ctl.retention.policy_changed(new.key, was=old)
 
     @kopf.on.event(GROUP, VERSION, "beamlines", registry=registry, id="beamline-event")
     async def beamline_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

@@ -375,7 +375,10 @@ class BeamlineMonitor:
         plans_changed = plans is not None and plans != current.get("plans")
         path = resource_path(API_VERSION, "beamlines", bl.namespace, bl.name, "status")
         try:
-            body = await self.ctl.api.merge_patch(path, {"status": patch})
+            # planSetHash and the catalogue in one write (whoever sees either sees both); then the
+            # catalogue again by JSON patch, which keeps the nulls the merge patch dropped.
+            merge = {**patch, "plans": plans} if plans_changed else patch
+            body = await self.ctl.api.merge_patch(path, {"status": merge})
             if plans_changed:
                 op = {"op": "add", "path": "/status/plans", "value": plans}
                 body = await self.ctl.api.json_patch(path, [op])

@@ -1,10 +1,12 @@
 """The operator's run-time state: the store, the API client, and a dispatcher and a monitor per
-beamline. kopf handlers (planrun_handlers, beamline_handlers) feed it watch events."""
+beamline. PlanRun events come from our own watch (planrun_watch), Beamline events from kopf's
+handlers (beamline_handlers)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import ssl
 import time
@@ -22,17 +24,16 @@ from .gate import DispatchGate
 from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import TRANSITIONS, phase_changed
 from .plan_rollout import PlanRollout
+from .planrun_watch import PlanRunWatch
 from .positions import PositionWriter
 from .queue import RunView
 from .retention import Retention
 from .settings import OperatorSettings
-from .store import BeamlineKey, BeamlineView, SettledRun, Store
+from .store import BeamlineKey, BeamlineView, RunKey, SettledRun, Store
 from .transition_events import RecoveredTransitions, describe_transition
 from .workerclient import WorkerUnreachable
 
 log = logging.getLogger(__name__)
-
-PRIME_CHUNK = 500  # PlanRuns per page of the priming list: one page in memory at a time
 
 # An external https worker is verified against the CA in this key of its token Secret, if any.
 ENDPOINT_CA_KEY = "ca.crt"
@@ -58,7 +59,7 @@ class RunEvents:
 class Controller:
     def __init__(self, settings: OperatorSettings) -> None:
         self.settings = settings
-        self.store = Store()
+        self.store = Store(forgotten=lambda run: phase_changed(run.phase.value, None))
         self.api = KubeApi()
         self.gate = DispatchGate()
         self.events = RunEvents(
@@ -80,13 +81,18 @@ class Controller:
         self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
         # The store is whole once kopf has indexed the Beamlines (it then calls the event
-        # handlers) and the PlanRuns are primed by a chunked list of our own (kopf's index of
-        # PlanRuns cost O(N^2) at start: 10,000 finished runs took minutes of CPU). No dispatch
-        # decision, retention or recovery is made before: `listed` (`indexed`).
+        # handlers) and then our PlanRun watch has listed every run (planrun_watch: kopf's
+        # per-object memory grew with history). No dispatch decision, retention or recovery is
+        # made before: `listed` (`indexed`).
         self.beamlines_indexed = False
         self.runs_primed = False
         self.listed = asyncio.Event()
+        self._beamlines_known = asyncio.Event()
         self._primer: asyncio.Task[None] | None = None
+        self._noted_beamlines: asyncio.Task[None] | None = None
+        self.planrun_watch = PlanRunWatch(
+            self.api, settings.namespaces, self._planrun_event, self._planruns_relisted, self._planruns_primed
+        )
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -98,7 +104,8 @@ class Controller:
         self.positions.start()
         self.recovered.start()
         self.retention.start()
-        self._primer = asyncio.create_task(self._prime_runs(), name="prime PlanRuns")
+        self._noted_beamlines = asyncio.create_task(self._beamlines_exist(), name="any Beamline?")
+        self._primer = asyncio.create_task(self._watch_planruns(), name="watch PlanRuns")
         s = self.settings
         if (s.worker_tls or s.worker_network_policy) and not s.operator_namespace:
             log.warning(
@@ -108,9 +115,10 @@ class Controller:
             )
 
     async def stop(self) -> None:
-        if self._primer is not None:
-            self._primer.cancel()
-            await asyncio.gather(self._primer, return_exceptions=True)
+        for task in (self._primer, self._noted_beamlines):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.rollout.stop()
         await self.recovered.stop()
         await self.retention.stop()
@@ -254,6 +262,7 @@ class Controller:
     def mark_beamlines_indexed(self) -> None:
         if not self.beamlines_indexed:
             self.beamlines_indexed = True
+            self._beamlines_known.set()
             self._maybe_listed()
 
     def _maybe_listed(self) -> None:
@@ -263,35 +272,56 @@ class Controller:
         log.info(
             "store primed: %d live and %d finished PlanRuns", len(self.store.runs), len(self.store.settled)
         )
+        # The history just listed lives as long as the operator: frozen out of the cyclic
+        # collector's reach, a full collection no longer walks it (a pause growing with history).
+        gc.collect()
+        gc.freeze()
         for key in {*self.store.beamline_keys_with_runs(), *self.store.beamlines}:
             self.wake(key)
 
-    async def _prime_runs(self) -> None:
-        """List every watched PlanRun once, in chunks, into the store (see `indexed`)."""
-        paths = [resource_path(API_VERSION, "planruns", ns) for ns in self.settings.namespaces] or [
-            resource_path(API_VERSION, "planruns")
-        ]
-        delay = 0.2
-        for path in paths:
-            token = ""
-            while True:
-                params = {"limit": str(PRIME_CHUNK), **({"continue": token} if token else {})}
-                try:
-                    page = await self.api.request("GET", path, params=params)
-                except Exception as exc:  # not logged in yet, the API away, a continue token expired
-                    log.info("PlanRuns not listed yet (%s): again", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    if isinstance(exc, ApiError) and exc.status == 410:
-                        token = ""
-                    continue
-                for item in page.get("items") or ():
-                    self.observe_run(item)
-                token = (page.get("metadata") or {}).get("continue") or ""
-                if not token:
-                    break
+    def _planrun_event(self, kind: str, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), (body.get("spec") or {}).get("beamline", ""))
+        if kind == "DELETED":
+            self.forget_run(key[0], meta.get("name", ""), meta.get("uid"))
+        else:
+            self.observe_run(body)
+        self.wake(key)
+
+    def _planruns_relisted(self, namespace: str | None, present: set[RunKey]) -> None:
+        """After a new listing (the watch was too old to resume): forget runs deleted meanwhile."""
+        for key in [*self.store.runs, *self.store.settled, *self.store.recent]:
+            if (namespace is None or key[0] == namespace) and key not in present:
+                run = self.store.get(key)
+                self.forget_run(*key, run.uid if run is not None else None)
+                if run is not None:
+                    self.wake((key[0], run.beamline))
+
+    def _planruns_primed(self) -> None:
         self.runs_primed = True
         self._maybe_listed()
+
+    async def _watch_planruns(self) -> None:
+        # Beamlines first: whether a finished run is held depends on its beamline's retention.
+        await self._beamlines_known.wait()
+        await self.planrun_watch.run()
+
+    async def _beamlines_exist(self) -> None:
+        """kopf calls the Beamline event handlers (`mark_beamlines_indexed`) once it has indexed
+        them all; with no Beamline at all it never does, and nothing would be decided."""
+        paths = [resource_path(API_VERSION, "beamlines", ns) for ns in self.settings.namespaces] or [
+            resource_path(API_VERSION, "beamlines")
+        ]
+        while not self.beamlines_indexed:
+            try:
+                pages = [await self.api.request("GET", p, params={"limit": "1"}) for p in paths]
+            except Exception as exc:  # the API away: kopf's own event may come first anyway
+                log.info("Beamlines not listed yet (%s): again", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not any(page.get("items") for page in pages):
+                self.mark_beamlines_indexed()
+            return
 
     def beamline_drained(self, key: BeamlineKey) -> bool:
         """No run of the beamline is queued or active any more: its deletion may go ahead."""

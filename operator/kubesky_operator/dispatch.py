@@ -229,7 +229,7 @@ class BeamlineDispatcher:
         live = self.ctl.store.runs.get(run.key)
         if live is not None:
             return live
-        settled = self.ctl.store.settled.get(run.key)
+        settled = self.ctl.store.settled_run(run.key)
         if settled is not None and settled.uid == run.uid:
             # finished and handled meanwhile: only its phase matters to a caller now
             return replace(run, phase=settled.phase, resource_version=settled.resource_version, finalizers=())

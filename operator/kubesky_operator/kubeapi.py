@@ -15,7 +15,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -195,6 +195,34 @@ class KubeApi:
                 raise ApiError(status, text, method, path)
             return json.loads(text) if text else {}
         raise AssertionError("unreachable")
+
+    async def watch(
+        self, path: str, params: Mapping[str, str], *, read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch on `path`, one JSON object a line, until the server ends it.
+        Lines are split here, not by aiohttp's readline: one event carries a whole object, and a
+        PlanRun's params may exceed its line limit."""
+        session = self._get_session()
+        timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=read_timeout)
+        async with session.get(path, params={**params, "watch": "true"}, timeout=timeout) as resp:
+            if resp.status == 401 and self.relogin is not None:
+                info = self.relogin()
+                if info is not None:
+                    self.set_credentials(info)
+            if resp.status >= 400:
+                raise ApiError(resp.status, await resp.text(), "WATCH", path)
+            buffer = bytearray()
+            async for chunk in resp.content.iter_any():
+                start = len(buffer)
+                buffer.extend(chunk)
+                while (end := buffer.find(b"\n", start)) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[: end + 1]
+                    start = 0
+                    if line.strip():
+                        yield json.loads(line)
+            if buffer.strip():
+                yield json.loads(buffer)
 
     # Convenience wrappers -------------------------------------------------------------------
 

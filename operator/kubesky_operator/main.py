@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from . import admission, beamline_handlers, metrics, plan_rollout, planrun_handlers
+from . import admission, beamline_handlers, metrics, plan_rollout
 from .admission_server import AdmissionServer
 from .api import GROUP
 from .controller import Controller
@@ -41,8 +41,8 @@ def configure_kopf(settings: kopf.OperatorSettings, namespaces: list[str]) -> No
     settings.watching.client_timeout = 630
     settings.watching.connect_timeout = 5
     settings.watching.reconnect_backoff = 0.1
-    # A year of finished PlanRuns must not be held at once: the initial listing comes in chunks,
-    # and an object's worker (holding its last body) ends half a second after its last event.
+    # kopf watches Beamlines only (PlanRuns: planrun_watch); its listing comes in chunks, and an
+    # object's worker (holding its last body) ends half a second after its last event.
     settings.watching.chunk_size = 500
     settings.queueing.idle_timeout = 0.5
     settings.networking.request_timeout = 30
@@ -84,7 +84,6 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
 
     if ctl.settings.webhook_port:
         admission.register(registry, ctl)
-    planrun_handlers.register(registry, ctl)
     beamline_handlers.register(registry, ctl)
     plan_rollout.register(registry, ctl, ctl.rollout)
 

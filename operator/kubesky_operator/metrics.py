@@ -14,7 +14,11 @@ QUEUE_DEPTH = Gauge(
 ACTIVE_RUNS = Gauge(
     "kubesky_active_runs", "PlanRuns Dispatched, Running or Paused on a beamline.", ["namespace", "beamline"]
 )
-RUNS_BY_PHASE = Gauge("kubesky_planruns", "PlanRuns known to the operator, by phase.", ["phase"])
+RUNS_BY_PHASE = Gauge(
+    "kubesky_planruns",
+    "PlanRuns the operator holds, by phase (see kubesky_operator_store_planruns).",
+    ["phase"],
+)
 TRANSITIONS = Counter("kubesky_planrun_transitions_total", "PlanRun phase transitions observed.", ["phase"])
 DISPATCH_LATENCY = Histogram(
     "kubesky_dispatch_latency_seconds",
@@ -49,8 +53,13 @@ PLANRUNS_DELETED = Counter(
 )
 STORE_PLANRUNS = Gauge(
     "kubesky_operator_store_planruns",
-    "PlanRuns the operator holds: live (whole) and settled (the few fields retention needs).",
+    "PlanRuns the operator holds: live (whole), settled (the few fields retention needs, for the "
+    "runs it decides on) and recent (the latest other finished runs, at most 1,024).",
     ["kind"],
+)
+PLANRUNS_LISTED = Gauge(
+    "kubesky_operator_planruns_listed",
+    "PlanRuns in the operator's last complete listing of them (at start, and after a watch expired).",
 )
 API_WRITES = Counter("kubesky_api_writes_total", "Writes to the Kubernetes API by the operator.", ["kind"])
 

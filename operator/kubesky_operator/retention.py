@@ -9,7 +9,9 @@ TTL controller and a CronJob's history limits do.
   `kubesky.io/keep=true` (it does not count towards the limits either).
 
 Deciding is pure (`plan_retention`) and made from the store's SettledRuns at every pass, so an
-operator restart loses no pending deletion. A delete carries the uid and resourceVersion the
+operator restart loses no pending deletion. The store holds a beamline's finished runs only while
+its retention applies (store.py): when a Beamline gets a policy, its history is listed from the
+API first (`_hydrate`), and when it loses one, its runs are let go (`Store.release_settled`). A delete carries the uid and resourceVersion the
 decision saw as preconditions: a run labelled to keep meanwhile is not deleted. Documents are never
 touched (Kafka, Tiled); each deletion is counted and told in an Event on the Beamline.
 """
@@ -27,7 +29,7 @@ from .api import API_VERSION, Phase, RetentionSpec
 from .kubeapi import ApiError, resource_path
 from .metrics import API_WRITES, PLANRUNS_DELETED, STORE_PLANRUNS
 from .planrun_status import rfc3339
-from .store import BeamlineKey, SettledRun
+from .store import BeamlineKey, BeamlineView, SettledRun, retention_applies
 
 if TYPE_CHECKING:
     from .controller import Controller
@@ -39,6 +41,7 @@ UNSUCCESSFUL = frozenset({Phase.FAILED, Phase.ABORTED, Phase.REJECTED, Phase.CAN
 PASS_SECONDS = 5.0
 FULL_PASS_SECONDS = 60.0  # every beamline's history looked at again, whatever was noticed
 DELETES_PER_PASS = 200  # a newly set limit over a long history is worked off over a few passes
+HYDRATE_CHUNK = 500  # PlanRuns per page when a beamline's history is listed
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Retention:
         self._wake = asyncio.Event()
         self._due: dict[BeamlineKey, float] = {}
         self._full_at = 0.0
+        self._hydrate: set[BeamlineKey] = set()  # beamlines whose history is to be listed first
 
     def start(self) -> None:
         if self._task is None:
@@ -109,8 +113,15 @@ class Retention:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def policy_changed(self, key: BeamlineKey) -> None:
-        self.ctl.store.settled_changed.add(key)
+    def policy_changed(self, key: BeamlineKey, was: BeamlineView | None = None) -> None:
+        """The Beamline `key` changed (it was `was`). Once the store is whole, a retention that
+        starts to apply needs the history the store let go: listed from the API first."""
+        store = self.ctl.store
+        store.settled_changed.add(key)
+        now = store.beamlines.get(key)
+        applied = was is not None and now is not None and was.uid == now.uid and retention_applies(was.spec)
+        if self.ctl.indexed and now is not None and retention_applies(now.spec) and not applied:
+            self._hydrate.add(key)
         self._wake.set()
 
     async def _loop(self) -> None:
@@ -133,17 +144,24 @@ class Retention:
         store = self.ctl.store
         STORE_PLANRUNS.labels("live").set(len(store.runs))
         STORE_PLANRUNS.labels("settled").set(len(store.settled))
+        STORE_PLANRUNS.labels("recent").set(len(store.recent))
         now = time.time()
         keys = set(store.settled_changed) | {k for k, due in self._due.items() if due <= now}
         if time.monotonic() >= self._full_at:
             keys |= set(store.beamline_keys_with_settled_runs())
             self._full_at = time.monotonic() + FULL_PASS_SECONDS
         store.settled_changed.clear()
+        for key in list(self._hydrate):
+            if await self._hydrate_history(key):
+                self._hydrate.discard(key)
+                keys.add(key)
         budget = DELETES_PER_PASS
-        for key in keys:
+        for key in keys - self._hydrate:
             self._due.pop(key, None)
             bl = store.beamlines.get(key)
             policy = bl.spec.retention if bl is not None and not bl.deleting and not bl.spec_error else None
+            if bl is None or not retention_applies(bl.spec) or bl.deleting or bl.spec_error:
+                store.release_settled(key)  # only runs with a TTL or a deleteAfter of their own stay
             pruning = plan_retention(store.settled_for(key), policy, now)
             if pruning.next_due is not None:
                 self._due[key] = pruning.next_due
@@ -157,6 +175,31 @@ class Retention:
             if done and bl is not None:
                 self._record(bl.namespace, bl.name, bl.uid, done)
         return DELETES_PER_PASS - budget
+
+    async def _hydrate_history(self, key: BeamlineKey) -> bool:
+        """List the namespace's PlanRuns into the store for beamline `key` (its retention now
+        applies: the finished runs the store let go are needed again). False to try next pass."""
+        store = self.ctl.store
+        store.drop_recent(key)  # held again as settled runs, not as recent ones
+        path = resource_path(API_VERSION, "planruns", key[0])
+        token = ""
+        while True:
+            params = {"limit": str(HYDRATE_CHUNK), **({"continue": token} if token else {})}
+            try:
+                page = await self.ctl.api.request("GET", path, params=params)
+            except Exception as exc:  # the API away, a continue token expired: next pass
+                log.warning("history of beamline %s/%s not listed (%s): again next pass", *key, exc)
+                return False
+            for item in page.get("items") or ():
+                meta = item.get("metadata") or {}
+                if (item.get("spec") or {}).get("beamline") == key[1] and (
+                    key[0],
+                    meta.get("name"),
+                ) not in store.runs:
+                    self.ctl.observe_run(item)
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return True
 
     async def _delete(self, run: SettledRun, reason: str) -> bool:
         path = resource_path(API_VERSION, "planruns", run.namespace, run.name)

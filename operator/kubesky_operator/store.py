@@ -4,17 +4,20 @@ Nothing here is the source of truth: the API is. The store only lets the dispatc
 listing, and ignores an event older than what it already holds (our own patch responses arrive
 before the watch events they cause).
 
-A beamline's history must not cost memory: a PlanRun that is finished and handled (settled: final
-condition written, finalizer gone) is kept as a `SettledRun`, the few fields retention needs, and
-is not among the runs the dispatcher looks at. Live runs (waiting, active, finishing) are kept
-whole, as `RunView`s.
+A beamline's history must not cost memory. Live runs (waiting, active, finishing) are kept whole,
+as `RunView`s. A PlanRun that is finished and handled (settled: final condition written, finalizer
+gone) is held, as a `SettledRun` of the few fields retention needs, only while retention has to
+decide on it: its beamline has a retention policy (whose limits and TTL bound what is held), or it
+has a TTL of its own, or a status.deleteAfter to clear. Any other settled run is forgotten but for
+the last RECENT_SETTLED of them (what a dispatcher still holding it as active asks about);
+retention lists a beamline's history from the API when it gets a policy (`Retention`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,8 @@ from .queue import RunView, _resource_version
 
 BeamlineKey = tuple[str, str]  # (namespace, beamline name)
 RunKey = tuple[str, str]  # (namespace, PlanRun name)
+
+RECENT_SETTLED = 1024  # settled runs retention needs not, remembered in case a dispatcher asks
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +112,22 @@ class BeamlineView:
         return (self.namespace, self.name)
 
 
+def retention_applies(spec: BeamlineSpec | None) -> bool:
+    """The beamline's retention deletes anything: its history is held (bounded by it)."""
+    r = spec.retention if spec is not None else None
+    return r is not None and (
+        r.ttl_seconds_after_finished is not None
+        or r.successful_history_limit is not None
+        or r.failed_history_limit is not None
+    )
+
+
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, forgotten: Callable[[SettledRun], None] | None = None) -> None:
+        self.forgotten = forgotten  # told of a settled run dropped from `recent`
         self.runs: dict[RunKey, RunView] = {}  # live runs: waiting, active, or finishing
-        self.settled: dict[RunKey, SettledRun] = {}
+        self.settled: dict[RunKey, SettledRun] = {}  # those retention decides on
+        self.recent: OrderedDict[RunKey, SettledRun] = OrderedDict()  # the latest others
         self._by_beamline: dict[BeamlineKey, set[str]] = defaultdict(set)
         self._settled_by_beamline: dict[BeamlineKey, set[str]] = defaultdict(set)
         self.beamlines: dict[BeamlineKey, BeamlineView] = {}
@@ -119,7 +136,17 @@ class Store:
     # PlanRuns -------------------------------------------------------------------------------
 
     def get(self, key: RunKey) -> RunView | SettledRun | None:
-        return self.runs.get(key) or self.settled.get(key)
+        return self.runs.get(key) or self.settled.get(key) or self.recent.get(key)
+
+    def settled_run(self, key: RunKey) -> SettledRun | None:
+        return self.settled.get(key) or self.recent.get(key)
+
+    def retained(self, run: SettledRun) -> bool:
+        """Retention has to decide on this settled run (see the module's docstring)."""
+        if run.ttl_seconds_after_finished is not None or run.delete_after is not None:
+            return True
+        bl = self.beamlines.get((run.namespace, run.beamline))
+        return bl is not None and not bl.deleting and not bl.spec_error and retention_applies(bl.spec)
 
     def upsert_run(self, body: Mapping[str, Any]) -> tuple[RunView | SettledRun | None, RunView | SettledRun]:
         """Record a PlanRun body; returns (previous, current): current whole (a RunView) even when
@@ -129,7 +156,7 @@ class Store:
         if old is not None and old.uid == new.uid:
             if new.resource_version < old.resource_version:
                 return old, old
-            # The same version again (kopf's own listing after the priming list, a watch replay):
+            # The same version again (a new listing after a watch too old to resume, a replay):
             # nothing changed, and re-storing it would mark a settled run's history for retention.
             if new.resource_version == old.resource_version and (
                 new.resource_version >= 0 or phase_rank(new.phase) < phase_rank(old.phase)
@@ -138,16 +165,55 @@ class Store:
         self._discard(new.key)
         bl = (new.namespace, new.beamline)
         if new.settled:
-            self.settled[new.key] = SettledRun.of(new)
-            self._settled_by_beamline[bl].add(new.name)
-            self.settled_changed.add(bl)
+            settled = SettledRun.of(new)
+            if self.retained(settled):
+                self.settled[new.key] = settled
+                self._settled_by_beamline[bl].add(new.name)
+                self.settled_changed.add(bl)
+            else:
+                self._remember(settled)
         else:
             self.runs[new.key] = new
             self._by_beamline[bl].add(new.name)
         return old, new
 
+    def _remember(self, run: SettledRun) -> None:
+        self.recent[run.key] = run
+        self.recent.move_to_end(run.key)
+        while len(self.recent) > RECENT_SETTLED:
+            _, dropped = self.recent.popitem(last=False)
+            if self.forgotten is not None:
+                self.forgotten(dropped)
+
+    def drop_recent(self, key: BeamlineKey) -> None:
+        """Forget the recent settled runs of beamline `key` (they are about to be listed again)."""
+        for run_key, run in list(self.recent.items()):
+            if (run.namespace, run.beamline) == key:
+                del self.recent[run_key]
+                if self.forgotten is not None:
+                    self.forgotten(run)
+
+    def release_settled(self, key: BeamlineKey) -> int:
+        """Forget the beamline's settled runs retention no longer needs (its policy went away,
+        their deleteAfter was cleared); how many."""
+        ns = key[0]
+        gone = [
+            (ns, n)
+            for n in self._settled_by_beamline.get(key, ())
+            if (ns, n) in self.settled and not self.retained(self.settled[(ns, n)])
+        ]
+        for run_key in gone:
+            run = self.settled.pop(run_key)
+            names = self._settled_by_beamline[key]
+            names.discard(run_key[1])
+            if not names:
+                del self._settled_by_beamline[key]
+            self._remember(run)
+        return len(gone)
+
     def _discard(self, key: RunKey) -> RunView | SettledRun | None:
         namespace, name = key
+        recent = self.recent.pop(key, None)
         for runs, index in ((self.runs, self._by_beamline), (self.settled, self._settled_by_beamline)):
             run = runs.pop(key, None)  # type: ignore[attr-defined]
             if run is None:
@@ -161,7 +227,7 @@ class Store:
             if runs is self.settled:
                 self.settled_changed.add(bl)
             return run
-        return None
+        return recent
 
     def remove_run(self, namespace: str, name: str, uid: str | None = None) -> RunView | SettledRun | None:
         run = self.get((namespace, name))

@@ -116,7 +116,7 @@ def create_history(cp: ControlPlane, start: int, stop: int) -> float:
     return time.perf_counter() - t0
 
 
-def wait_settled(op: OperatorProcess, n: int, timeout: float = 600) -> float:
+def wait_listed(op: OperatorProcess, n: int, timeout: float = 600) -> float:
     t0 = time.monotonic()
     while True:
         if not op.alive():
@@ -125,10 +125,10 @@ def wait_settled(op: OperatorProcess, n: int, timeout: float = 600) -> float:
             text = httpx.get(op.metrics_url, timeout=5).text
         except httpx.HTTPError:  # busy listing: ask again
             text = ""
-        if text and sample_sum(text, "kubesky_operator_store_planruns", {"kind": "settled"}) >= n:
+        if text and sample_sum(text, "kubesky_operator_planruns_listed", {}) >= n:
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"the operator never held {n} settled PlanRuns")
+            raise TimeoutError(f"the operator never listed {n} PlanRuns")
         time.sleep(0.5)
 
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 op.stop()
             op.start()
             wait_ready(client.CustomObjectsApi(cp.api_client()), NS, [BEAMLINE])
-            listed = wait_settled(op, present + live)
+            listed = wait_listed(op, present + live)
             time.sleep(3)  # let the listing's garbage go
             rss = op.rss_mb()
             peak = op.peak_rss_mb()
