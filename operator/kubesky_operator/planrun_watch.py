@@ -22,7 +22,7 @@ from .store import RunKey
 
 log = logging.getLogger(__name__)
 
-CHUNK = 500  # objects per list page: the listing never holds a year of bodies at once
+CHUNK = 100  # objects per list page: a page of big params is what the listing holds at once
 WATCH_SECONDS = 300  # the server ends each watch after this; it is reopened where it stopped
 
 
