@@ -22,6 +22,7 @@ from .api import (
     DeviceInfo,
     PlanInfo,
     WorkerState,
+    beamline_health,
     delivery_condition,
     set_condition,
 )
@@ -339,6 +340,14 @@ class BeamlineMonitor:
             phase = "Degraded" if load_errors else "Ready"
         else:
             phase = "Degraded" if self._ever_ready else "Progressing"
+        conditions = beamline_health(
+            conditions,
+            phase,
+            worker_ready=self.ready,
+            rolling_out=self.ctl.rollout.in_progress(self.key),
+            message=(bl.spec_error or self.error or "") if not self.ready or phase == "Degraded" else "",
+            observed_generation=gen,
+        )
         dispatcher = self.ctl.dispatchers.get(self.key)
         return BeamlineStatus(
             phase=phase,

@@ -28,6 +28,7 @@ from .planrun_watch import PlanRunWatch
 from .positions import PositionWriter
 from .queue import RunView
 from .retention import Retention
+from .run_keys import RunKeys
 from .settings import OperatorSettings
 from .store import BeamlineKey, BeamlineView, RunKey, SettledRun, Store
 from .transition_events import RecoveredTransitions, describe_transition
@@ -77,6 +78,7 @@ class Controller:
         self.rollout = PlanRollout(self)
         self.recovered = RecoveredTransitions(self)
         self.retention = Retention(self)
+        self.run_keys = RunKeys(self.api)
         self._worker_session: aiohttp.ClientSession | None = None
         self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
@@ -283,6 +285,7 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), (body.get("spec") or {}).get("beamline", ""))
         if kind == "DELETED":
+            self.run_keys.deleted(body)
             self.forget_run(key[0], meta.get("name", ""), meta.get("uid"))
         else:
             self.observe_run(body)

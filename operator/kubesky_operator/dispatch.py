@@ -414,6 +414,13 @@ class BeamlineDispatcher:
         if client is None:
             return False
         refusal = _refusal(run)
+        if refusal is None and run.run_key:
+            try:
+                refusal = await self.ctl.run_keys.refusal(run)
+            except Exception as exc:  # the key cannot be checked: not dispatched for now
+                log.warning("run key of %s/%s not checked: %s", run.namespace, run.name, exc)
+                self._retry_in(1.0)
+                return False
         if refusal is not None:
             # Never sent on: a worker (and its RunEngine) should not have to survive it.
             reason, message = refusal

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import Condition, ConditionStatus, Phase, RunRecord, set_condition
+from .api import Condition, ConditionStatus, Phase, RunRecord, health_conditions, set_condition
 from .api.limits import bounded
 from .queue import RunView
 
@@ -54,14 +54,14 @@ def _dump(conditions: list[Condition]) -> list[dict[str, Any]]:
     return [c.wire() for c in conditions]
 
 
-def with_condition(
-    run: RunView, type_: str, status: ConditionStatus, reason: str, message: str = ""
-) -> list[dict[str, Any]]:
-    return _dump(set_condition(_conditions(run), type_, status, reason, message, run.generation or None))
-
-
 def _set(conds: list[Condition], run: RunView, *args: Any) -> list[Condition]:
     return set_condition(conds, *args, observed_generation=run.generation or None)
+
+
+def _health(
+    conds: list[Condition], run: RunView, phase: Phase | None, reason: str | None, message: str | None
+) -> list[Condition]:
+    return health_conditions(conds, phase, reason, message, run.generation or None)
 
 
 def queued(run: RunView, position: int) -> dict[str, Any]:
@@ -71,6 +71,7 @@ def queued(run: RunView, position: int) -> dict[str, Any]:
     conds = _set(
         conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, "Queued", f"position {position} in the queue"
     )
+    conds = _health(conds, run, Phase.QUEUED, "Queued", f"waiting on beamline {run.beamline}")
     return {
         "status": {
             "phase": Phase.QUEUED.value,
@@ -92,6 +93,7 @@ def pending_beamline_missing(run: RunView, *, deleting: bool = False) -> dict[st
         )
     conds = _set(_conditions(run), run, BEAMLINE_NOT_FOUND, ConditionStatus.TRUE, BEAMLINE_NOT_FOUND, msg)
     conds = _set(conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, BEAMLINE_NOT_FOUND, msg)
+    conds = _health(conds, run, Phase.PENDING, BEAMLINE_NOT_FOUND, msg)
     return {
         "status": {
             "phase": Phase.PENDING.value,
@@ -108,6 +110,7 @@ def dispatched(run: RunView, worker: str) -> dict[str, Any]:
     if any(c.type == BEAMLINE_NOT_FOUND for c in conds):
         conds = _set(conds, run, BEAMLINE_NOT_FOUND, ConditionStatus.FALSE, "BeamlineFound", "")
     conds = _set(conds, run, SUCCEEDED, ConditionStatus.UNKNOWN, "Dispatched", f"sent to {worker}")
+    conds = _health(conds, run, Phase.DISPATCHED, "Dispatched", f"sent to {worker}")
     return {
         "status": {
             "phase": Phase.DISPATCHED.value,
@@ -126,6 +129,7 @@ def finished(run: RunView, phase: Phase, reason: str, message: str) -> dict[str,
     """A terminal phase the operator decides: Rejected, Cancelled, Failed (WorkerLost)."""
     message = bounded(message)
     conds = _set(_conditions(run), run, SUCCEEDED, ConditionStatus.FALSE, reason, message)
+    conds = _health(conds, run, phase, reason, message)
     return {
         "status": {
             "phase": phase.value,
@@ -148,7 +152,8 @@ def final_condition(run: RunView) -> dict[str, Any]:
         status, reason = ConditionStatus.TRUE, "Succeeded"
     else:
         status = ConditionStatus.FALSE
-    return {"status": {"conditions": with_condition(run, SUCCEEDED, status, reason, message)}}
+    conds = _set(_conditions(run), run, SUCCEEDED, status, reason, message)
+    return {"status": {"conditions": _dump(_health(conds, run, phase, run.status.get("reason"), message))}}
 
 
 def from_record(run: RunView, rec: RunRecord) -> dict[str, Any]:
@@ -180,5 +185,6 @@ def from_record(run: RunView, rec: RunRecord) -> dict[str, Any]:
         cond = (ConditionStatus.UNKNOWN, rec.phase.value)
     else:
         cond = (ConditionStatus.FALSE, rec.reason or rec.phase.value)
-    status["conditions"] = with_condition(run, SUCCEEDED, cond[0], cond[1], rec.message or "")
+    conds = _set(_conditions(run), run, SUCCEEDED, cond[0], cond[1], rec.message or "")
+    status["conditions"] = _dump(_health(conds, run, rec.phase, rec.reason, rec.message))
     return {"status": status}

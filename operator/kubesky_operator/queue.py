@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ACTIVE_PHASES, KEEP_LABEL, TERMINAL_PHASES, Phase, PlanRunState
+from .api import ACTIVE_PHASES, KEEP_LABEL, RUN_KEY_LABEL, TERMINAL_PHASES, Phase, PlanRunState
 from .api.applied import dropped_nulls
 
 FINALIZER = "kubesky.io/abort-on-delete"
@@ -55,6 +55,7 @@ class RunView:
     dropped_nulls: tuple[str, ...] = ()  # params/metadata nulls kubectl apply removed (api.applied)
     ttl_seconds_after_finished: int | None = None
     keep: bool = False  # labelled kubesky.io/keep=true: retention never deletes it
+    run_key: str | None = None  # label kubesky.io/run-key: runs once per key (run_keys)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunView:
@@ -89,6 +90,7 @@ class RunView:
             dropped_nulls=tuple(dropped_nulls(body)) if phase in (None, "Pending", "Queued") else (),
             ttl_seconds_after_finished=_int_or_none(spec.get("ttlSecondsAfterFinished")),
             keep=((meta.get("labels") or {}).get(KEEP_LABEL) == "true"),
+            run_key=(meta.get("labels") or {}).get(RUN_KEY_LABEL) or None,
         )
 
     @property

@@ -27,6 +27,7 @@ from kubesky_operator.api import (
     Phase,
     RunRecord,
     delivery_condition,
+    health_conditions,
     may_transition,
     set_condition,
 )
@@ -268,6 +269,7 @@ class StatusWriter:
             conditions = set_condition(
                 _conditions(obj), SUCCEEDED, status, reason, msg, observed_generation=generation
             )
+            conditions = health_conditions(conditions, record.phase, record.reason, msg, generation)
             conditions = with_delivery(conditions, record, generation)
             body = self._status_body(record, include_phase=True)
             body["status"]["conditions"] = [c.wire() for c in conditions]

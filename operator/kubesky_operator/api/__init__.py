@@ -15,11 +15,16 @@ from .beamline import (
     RetentionSpec,
     SecretKeyRef,
     WorkerSpec,
+    beamline_health,
 )
 from .common import API_VERSION, CATEGORY, GROUP, VERSION, ApiModel, Condition, ConditionStatus, set_condition
 from .planrun import (
     ACTIVE_PHASES,
     KEEP_LABEL,
+    READY,
+    RECONCILING,
+    RUN_KEY_LABEL,
+    STALLED,
     TERMINAL_PHASES,
     KafkaRange,
     Phase,
@@ -27,6 +32,7 @@ from .planrun import (
     PlanRunState,
     PlanRunStatus,
     Progress,
+    health_conditions,
     may_transition,
 )
 from .worker_api import (
@@ -57,6 +63,10 @@ __all__ = [
     "GROUP",
     "KEEP_LABEL",
     "PLANS_LOADED",
+    "READY",
+    "RECONCILING",
+    "RUN_KEY_LABEL",
+    "STALLED",
     "TERMINAL_PHASES",
     "VERSION",
     "WORKER_READY",
@@ -100,8 +110,10 @@ __all__ = [
     "WorkerSpec",
     "WorkerState",
     "WorkerStateName",
+    "beamline_health",
     "default_topic",
     "delivery_condition",
+    "health_conditions",
     "may_transition",
     "set_condition",
 ]

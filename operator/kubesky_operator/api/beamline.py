@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from .common import ApiModel, Condition
-from .planrun import TTL_MAX
+from .common import ApiModel, Condition, ConditionStatus, set_condition
+from .limits import bounded
+from .planrun import READY, RECONCILING, STALLED, TTL_MAX
 from .worker_config import KafkaConfig
 
 KIND = "Beamline"
@@ -212,6 +213,33 @@ class PlanInfo(ApiModel):
 class DeviceInfo(ApiModel):
     name: str = Field(description="Device name, as used in PlanRun spec.params.")
     type: str = Field(description="Python class of the device.")
+
+
+def beamline_health(
+    conditions: list[Condition],
+    phase: str,
+    *,
+    worker_ready: bool,
+    rolling_out: bool,
+    message: str,
+    observed_generation: int | None,
+) -> list[Condition]:
+    """Ready, Reconciling and Stalled (kstatus, `kubectl wait`) for a Beamline's phase: Ready when its
+    worker serves (suspended too), Reconciling while the worker starts or a plan rollout is under
+    way, Stalled when Degraded."""
+    ready = phase == "Ready" or (phase == "Suspended" and worker_ready)
+    stalled = phase == "Degraded"
+    reconciling = not stalled and (phase == "Progressing" or rolling_out or not worker_ready)
+    why = "PlanRollout" if rolling_out and ready else phase
+    for type_, on, reason in (
+        (READY, ready, phase),
+        (RECONCILING, reconciling, why),
+        (STALLED, stalled, phase),
+    ):
+        status = ConditionStatus.TRUE if on else ConditionStatus.FALSE
+        said = bounded(message) if on or type_ == READY else ""
+        conditions = set_condition(conditions, type_, status, reason, said, observed_generation)
+    return conditions
 
 
 class BeamlineStatus(ApiModel):

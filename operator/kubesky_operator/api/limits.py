@@ -10,7 +10,9 @@ import json
 import re
 from typing import Any
 
-from .planrun import RESERVED_START_KEYS
+# Start-document keys the RunEngine sets itself (with their types): metadata carrying uid or time
+# fails every run it opens; scan_id would repeat or skip the beamline's scan numbers.
+RESERVED_START_KEYS = {"uid": "string", "time": "number", "scan_id": "integer"}
 
 MAX_NESTING = 32  # levels of objects and lists in spec.params or spec.metadata (the field is level 1)
 MAX_BYTES = 256 * 1024  # spec.params and spec.metadata, each, as compact JSON

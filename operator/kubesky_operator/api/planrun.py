@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import Field
 
-from .common import ApiModel, Condition
+from .common import ApiModel, Condition, ConditionStatus, set_condition
+from .limits import RESERVED_START_KEYS, bounded
 
 KIND = "PlanRun"
 PLURAL = "planruns"
@@ -44,6 +45,49 @@ TERMINAL_PHASES = frozenset(
 )
 ACTIVE_PHASES = frozenset({Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED})
 
+# The conditions generic tools read instead of the phase (kstatus: Flux's health checks,
+# `kubectl wait --for=condition=Ready`; Argo CD's health script in docs/argocd agrees): Ready when
+# the run finished as asked, Stalled when it failed, Reconciling while it is still under way.
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+FINISHED_AS_ASKED = frozenset({Phase.SUCCEEDED, Phase.STOPPED, Phase.CANCELLED})
+STALLED_PHASES = frozenset({Phase.FAILED, Phase.ABORTED, Phase.REJECTED})
+_AS_ASKED = {
+    Phase.SUCCEEDED: "the plan ran to its end",
+    Phase.STOPPED: "stopped as asked (spec.state Stop): the run ended cleanly",
+    Phase.CANCELLED: "cancelled before it ran",
+}
+
+
+def health_conditions(
+    conditions: list[Condition],
+    phase: Phase | str | None,
+    reason: str | None,
+    message: str | None,
+    observed_generation: int | None,
+) -> list[Condition]:
+    """`conditions` with Ready, Reconciling and Stalled set for `phase` (None: not seen yet)."""
+    p = Phase(phase) if phase else Phase.PENDING
+    why = reason or p.value
+    text = message or ""
+    if p in FINISHED_AS_ASKED:
+        said = _AS_ASKED[p] + (f": {text}" if text else "")
+        states = [(READY, ConditionStatus.TRUE, p.value, said), (RECONCILING, ConditionStatus.FALSE, p.value, ""),
+                  (STALLED, ConditionStatus.FALSE, p.value, "")]  # fmt: skip
+    elif p in STALLED_PHASES:
+        states = [(READY, ConditionStatus.FALSE, p.value, text), (RECONCILING, ConditionStatus.FALSE, p.value, ""),
+                  (STALLED, ConditionStatus.TRUE, why, text)]  # fmt: skip
+    else:
+        states = [(READY, ConditionStatus.FALSE, p.value, text), (RECONCILING, ConditionStatus.TRUE, why, text),
+                  (STALLED, ConditionStatus.FALSE, p.value, "")]  # fmt: skip
+    for type_, status, cond_reason, cond_message in states:
+        conditions = set_condition(
+            conditions, type_, status, cond_reason, bounded(cond_message), observed_generation
+        )
+    return conditions
+
+
 # Phases only move forward; Running and Paused share a rank so they may alternate.
 _RANK = {
     Phase.PENDING: 0,
@@ -68,13 +112,11 @@ def may_transition(old: Phase | str | None, new: Phase | str) -> bool:
     return phase_rank(new) >= phase_rank(old)
 
 
-# Start-document keys the RunEngine sets itself (with their types): metadata carrying uid or time
-# fails every run it opens; scan_id would repeat or skip the beamline's scan numbers.
-RESERVED_START_KEYS = {"uid": "string", "time": "number", "scan_id": "integer"}
-
-
 # A finished PlanRun labelled so is never deleted by retention (a run someone is investigating).
 KEEP_LABEL = "kubesky.io/keep"
+# A PlanRun labelled so runs at most once per key on its beamline, whatever replaces the object
+# (a GitOps engine's forced re-creation): see the operator's run_keys.
+RUN_KEY_LABEL = "kubesky.io/run-key"
 TTL_MAX = 10 * 366 * 86400  # ten years: longer means "keep", and the label says that better
 
 

@@ -70,7 +70,13 @@ def test_planrun_succeeds_with_documents_in_kafka(cluster, api, core, namespace,
     assert st["planCount"] == len(st["plans"]) and st["planSetHash"]
     assert st["endpoint"] == bl.worker.url
     conds = {c["type"]: c["status"] for c in st["conditions"]}
-    assert conds == {"WorkerReady": "True", "PlansLoaded": "True"}
+    assert conds == {
+        "WorkerReady": "True",
+        "PlansLoaded": "True",
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+    }
 
     # Events on the transitions.
     def events():

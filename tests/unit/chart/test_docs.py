@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubesky_operator.api import GROUP
+from kubesky_operator.api import GROUP, beamline_health, health_conditions
 from kubesky_operator.api.planrun import TERMINAL_PHASES, Phase
 from lupa import lua51
 
@@ -134,3 +134,62 @@ def test_doc_links_resolve():
     for md in [REPO_ROOT / "README.md", *DOCS.glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", md.read_text()):
             assert (md.parent / target).exists(), f"{md.name}: broken link {target}"
+
+
+# One table, read both ways: what kstatus (Flux's health checks, `kubectl wait`) makes of the
+# Ready/Reconciling/Stalled conditions the operator and worker write, and the Argo CD health the
+# scripts give, for the same phase.
+KSTATUS_ARGO = {"Current": {"Healthy"}, "Failed": {"Degraded"}, "InProgress": {"Progressing", "Suspended"}}
+# A suspended Beamline whose worker serves is as declared (Current) and Argo CD's Suspended.
+KSTATUS_ARGO_BEAMLINE = {**KSTATUS_ARGO, "Current": {"Healthy", "Suspended"}}
+
+
+def kstatus(conditions: list[Any]) -> str:
+    """kstatus's reading of the generic conditions (github.com/fluxcd/cli-utils, pkg/kstatus)."""
+    by_type = {c.type: c.status.value for c in conditions}
+    if by_type.get("Stalled") == "True":
+        return "Failed"
+    if by_type.get("Reconciling") == "True":
+        return "InProgress"
+    return "Current" if by_type.get("Ready") == "True" else "InProgress"
+
+
+def test_planrun_conditions_and_argo_health_agree():
+    seen = set()
+    for phase in [None, *Phase]:
+        conds = health_conditions([], phase, None, None, 3)
+        assert {c.type for c in conds} == {"Ready", "Reconciling", "Stalled"}
+        assert all(c.observed_generation == 3 for c in conds)
+        obj = {"status": {"phase": phase.value}} if phase else {}
+        argo = health("PlanRun", obj)["status"]
+        assert argo in KSTATUS_ARGO[kstatus(conds)], (phase, argo, kstatus(conds))
+        if phase is not None:
+            assert argo == EXPECTED[phase]
+        seen.add(kstatus(conds))
+    assert seen == set(KSTATUS_ARGO)  # every reading is reached by some phase
+    # And the other way round: Ready True exactly for the runs that finished as asked.
+    ready = {p for p in Phase if kstatus(health_conditions([], p, None, None, 1)) == "Current"}
+    assert ready == {Phase.SUCCEEDED, Phase.STOPPED, Phase.CANCELLED}
+
+
+BEAMLINE_CASES = [
+    (phase, worker_ready, rolling_out)
+    for phase in ("Ready", "Progressing", "Degraded", "Suspended")
+    for worker_ready in (True, False)
+    for rolling_out in (True, False)
+    if worker_ready or phase != "Ready"  # the operator writes Ready only for a worker that answers
+]
+
+
+@pytest.mark.parametrize(("phase", "worker_ready", "rolling_out"), BEAMLINE_CASES)
+def test_beamline_conditions_and_argo_health_agree(phase, worker_ready, rolling_out):
+    conds = beamline_health(
+        [], phase, worker_ready=worker_ready, rolling_out=rolling_out, message="why", observed_generation=2
+    )
+    status = {"phase": phase, "conditions": [c.wire() for c in conds]}
+    argo = health("Beamline", {"status": status})["status"]
+    assert argo in KSTATUS_ARGO_BEAMLINE[kstatus(conds)], (argo, kstatus(conds))
+    assert (kstatus(conds) == "Current") == (
+        phase in ("Ready", "Suspended") and worker_ready and not rolling_out
+    )
+    assert (kstatus(conds) == "Failed") == (phase == "Degraded")
