@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
-from kubesky_operator.api import API_VERSION, TERMINAL_PHASES, PlanRunState
+from kubesky_operator.api import API_VERSION, RUN_KEY_LABEL, TERMINAL_PHASES, PlanRunState
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ def _check(c: Cluster, manifest: dict[str, Any]) -> None:
 )
 @click.option("--priority", type=int, help="Higher runs first among the queued (spec.priority).")
 @click.option("--name", help="The PlanRun's name (default: generated from the plan's).")
+@click.option("--run-key", help="Label kubesky.io/run-key: the run runs once per key on the beamline.")
 @click.option("--follow", "follow_", is_flag=True, help="Follow the run once created (see `kubesky follow`).")
 @click.option("--dry-run", is_flag=True, help="Print the manifest; create nothing.")
 @click.option("--no-validate", is_flag=True, help="Skip the check against the beamline's plan catalogue.")
@@ -171,6 +172,7 @@ def run(
     md: tuple[str, ...],
     priority: int | None,
     name: str | None,
+    run_key: str | None,
     follow_: bool,
     dry_run: bool,
     no_validate: bool,
@@ -182,7 +184,7 @@ def run(
     the PlanRun is created and its name printed."""
     c = cluster()
     if filename is not None:
-        if beamline or plan or params or md or priority is not None or name:
+        if beamline or plan or params or md or priority is not None or name or run_key:
             raise CliError("give either -f FILE or BEAMLINE PLAN [KEY=VALUE ...], not both")
         manifest = _manifest_from_file(filename, c.namespace)
     else:
@@ -197,7 +199,9 @@ def run(
             spec["metadata"] = parse_assignments(md, "--md")
         if priority is not None:
             spec["priority"] = priority
-        meta = {"name": name} if name else {"generateName": _generate_name(plan)}
+        meta: dict[str, Any] = {"name": name} if name else {"generateName": _generate_name(plan)}
+        if run_key:
+            meta["labels"] = {RUN_KEY_LABEL: run_key}
         manifest = {"apiVersion": API_VERSION, "kind": "PlanRun", "metadata": meta, "spec": spec}
     if not no_validate:
         _check(c, manifest)

@@ -336,7 +336,3 @@ class Controller:
         self.store.remove_beamline(key)
         await self.drop_monitor(key)
         self.wake(key)
-
-
-async def gather_quietly(*aws: Any) -> None:
-    await asyncio.gather(*aws, return_exceptions=True)

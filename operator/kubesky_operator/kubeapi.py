@@ -119,10 +119,6 @@ class KubeApi:
             loop = asyncio.get_running_loop()
             loop.call_later(30, lambda: loop.create_task(session.close()))
 
-    @property
-    def ready(self) -> bool:
-        return self._info is not None
-
     def _ssl(self, info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         if not info.server.startswith("https"):
             return False

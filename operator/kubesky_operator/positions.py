@@ -66,10 +66,6 @@ class PositionWriter:
     def forget(self, key: Key) -> None:
         self._wanted.pop(key, None)
 
-    @property
-    def pending(self) -> int:
-        return len(self._wanted)
-
     def _next(self) -> tuple[RunView, int] | None:
         """The most useful write: a run not yet Queued before a position; the head first."""
         best: tuple[tuple[int, int], RunView, int] | None = None

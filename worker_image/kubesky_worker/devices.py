@@ -24,13 +24,6 @@ except ImportError:  # pragma: no cover
     AsyncDevice = None  # type: ignore[assignment,misc]
 
 
-def is_device(obj: object) -> bool:
-    if AsyncDevice is not None and isinstance(obj, AsyncDevice):
-        return True
-    # ophyd (sync) devices and other bluesky-protocol objects with a name
-    return hasattr(obj, "name") and (hasattr(obj, "read") or hasattr(obj, "set")) and not inspect.isclass(obj)
-
-
 def _is_device_type(tp: object) -> bool:
     origin = typing.get_origin(tp) or tp
     if not inspect.isclass(origin):

@@ -198,10 +198,6 @@ class Engine:
             log.error("plan load error: %s:%s %s", err.file, err.line or "", err.message)
 
     # -- runs ------------------------------------------------------------------------------------
-    def current(self) -> Run | None:
-        with self._lock:
-            return self._current
-
     def submit(self, run: Run, entry: PlanEntry, args: list[Any], kwargs: dict[str, Any]) -> Run:
         with self._lock:
             existing = self.history.get(run.id)

@@ -745,6 +745,3 @@ class PlanManager:
                 log.info("plan sources are back to the plan set served: its load errors only")
                 self.load_errors = list(self.current.errors)
         return False
-
-    def get(self, name: str) -> PlanEntry | None:
-        return self.current.plans.get(name)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -79,7 +78,6 @@ class _Tracker:
     stop_reason: str | None = None
     acked_names: dict[str, int] = field(default_factory=dict)
     offsets: dict[int, list[int]] = field(default_factory=dict)
-    dirty: bool = False
     progress_t: float = 0.0  # perf_counter of the last ack, or of the first document waiting after one
 
 
@@ -137,10 +135,8 @@ class Publisher:
         self._stalled_runs: list[Run] = []
         # Pace publish rounds: wait this long after the first new document before draining, so one
         # thread wake-up and one Kafka round trip carry many documents; every round costs the
-        # RunEngine thread GIL hand-offs (kafka.lingerMs; $KUBESKY_PUBLISH_LINGER_MS overrides it).
+        # RunEngine thread GIL hand-offs (kafka.lingerMs).
         linger_ms = float(kafka.linger_ms) if kafka is not None else 0.0
-        if os.environ.get("KUBESKY_PUBLISH_LINGER_MS"):
-            linger_ms = float(os.environ["KUBESKY_PUBLISH_LINGER_MS"])
         self._linger = linger_ms / 1000.0
         metrics.set_pending_function(self.pending)
 
@@ -538,7 +534,6 @@ class Publisher:
             else:
                 rng[1] = max(rng[1], offset)
                 rng[0] = min(rng[0], offset)
-        tr.dirty = True
 
     def _ack_without_kafka(self, touched: set[int]) -> None:
         now = time.perf_counter()
@@ -582,7 +577,6 @@ class Publisher:
             tr.exit_status = None
             tr.acked_names = {}
             tr.offsets = {}
-            tr.dirty = False
             if tr.closed and tr.acked >= tr.enqueued:
                 del self._trackers[tid]
                 if not tr.future.done():

@@ -137,17 +137,6 @@ class StatusWriter:
         with self._cond:
             self._cond.notify()
 
-    def flush(self, run: Run, timeout: float = 10.0) -> bool:
-        """Wait (bounded) until the run's latest state is written."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._cond:
-                e = self._entries.get(run.id)
-                if e is None or e.gone or e.written_version >= run.version:
-                    return True
-            time.sleep(0.02)
-        return False
-
     def custom_objects(self) -> Any:
         """The kubernetes CustomObjectsApi the writer uses (also for the Beamline's scan numbers)."""
         return self._client()

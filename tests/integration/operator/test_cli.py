@@ -144,12 +144,13 @@ def test_plans_and_devices_from_the_beamline_status(cli, sim, cluster):
 
 def test_run_follow_prints_each_reading_and_the_outcome(cli, sim, api, kafka, namespace):
     out = cli("run", "sim", "scan", "detectors=[det]", "motor=x", "start=-1", "stop=1", "num=5",
-              "--md", "sample=silicon", "--priority", "3", "--follow")  # fmt: skip
+              "--md", "sample=silicon", "--priority", "3", "--run-key", "cm41-scan-7", "--follow")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     name = out.stdout.splitlines()[0]
     pr = get_pr(api, namespace, name)
     assert pr is not None and name.startswith("scan-")
     assert pr["spec"]["metadata"] == {"sample": "silicon"} and pr["spec"]["priority"] == 3
+    assert pr["metadata"]["labels"] == {"kubesky.io/run-key": "cm41-scan-7"}
     status = pr["status"]
     assert status["phase"] == "Succeeded"
     events = primary_events(kafka, status)
