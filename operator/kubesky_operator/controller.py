@@ -297,8 +297,6 @@ class Controller:
             if (namespace is None or key[0] == namespace) and key not in present:
                 run = self.store.get(key)
                 self.forget_run(*key, run.uid if run is not None else None)
-                if run is not None:
-                    self.wake((key[0], run.beamline))
 
     def _planruns_primed(self) -> None:
         self.runs_primed = True

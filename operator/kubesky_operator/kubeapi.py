@@ -101,6 +101,9 @@ def _materialised(path: Any, data: Any, suffix: str) -> Iterator[str | None]:
         os.unlink(name)
 
 
+LIST_PAGE = 100  # objects per list page: a page of big params is what a listing holds at once
+
+
 class KubeApi:
     """Minimal JSON client: get/create/patch/apply/delete with one pooled aiohttp session."""
 
@@ -191,6 +194,18 @@ class KubeApi:
                 raise ApiError(status, text, method, path)
             return json.loads(text) if text else {}
         raise AssertionError("unreachable")
+
+    async def list_pages(self, path: str, limit: int = LIST_PAGE) -> AsyncIterator[dict[str, Any]]:
+        """A list of `path` page by page (`limit` objects each, continue tokens followed), so a
+        long history is never held whole. An expired token raises ApiError 410."""
+        token = ""
+        while True:
+            params = {"limit": str(limit), **({"continue": token} if token else {})}
+            page = await self.request("GET", path, params=params)
+            yield page
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     async def watch(
         self, path: str, params: Mapping[str, str], *, read_timeout: float

@@ -22,7 +22,6 @@ from .store import RunKey
 
 log = logging.getLogger(__name__)
 
-CHUNK = 100  # objects per list page: a page of big params is what the listing holds at once
 WATCH_SECONDS = 300  # the server ends each watch after this; it is reopened where it stopped
 
 
@@ -74,20 +73,13 @@ class PlanRunWatch:
     async def _list(self, path: str, namespace: str | None) -> str:
         """Every PlanRun of the scope, page by page, to the store; the list's resourceVersion."""
         seen: set[RunKey] = set()
-        token = ""
         version = ""
-        while True:
-            params = {"limit": str(CHUNK), **({"continue": token} if token else {})}
-            page = await self.api.request("GET", path, params=params)  # 410: the token expired
-            meta = page.get("metadata") or {}
-            version = version or meta.get("resourceVersion") or ""
+        async for page in self.api.list_pages(path):  # 410: the continue token expired
+            version = version or (page.get("metadata") or {}).get("resourceVersion") or ""
             for item in page.get("items") or ():
                 m = item.get("metadata") or {}
                 seen.add((m.get("namespace", ""), m.get("name", "")))
                 self.on_event("ADDED", item)
-            token = meta.get("continue") or ""
-            if not token:
-                break
         self._counts[namespace] = len(seen)
         PLANRUNS_LISTED.set(sum(self._counts.values()))
         if namespace in self._listed:

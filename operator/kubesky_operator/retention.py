@@ -41,7 +41,6 @@ UNSUCCESSFUL = frozenset({Phase.FAILED, Phase.ABORTED, Phase.REJECTED, Phase.CAN
 PASS_SECONDS = 5.0
 FULL_PASS_SECONDS = 60.0  # every beamline's history looked at again, whatever was noticed
 DELETES_PER_PASS = 200  # a newly set limit over a long history is worked off over a few passes
-HYDRATE_CHUNK = 500  # PlanRuns per page when a beamline's history is listed
 
 
 @dataclass
@@ -120,7 +119,7 @@ class Retention:
         store.settled_changed.add(key)
         now = store.beamlines.get(key)
         applied = was is not None and now is not None and was.uid == now.uid and retention_applies(was.spec)
-        if self.ctl.indexed and now is not None and retention_applies(now.spec) and not applied:
+        if self.ctl.indexed and store.retention_policy(key) is not None and not applied:
             self._hydrate.add(key)
         self._wake.set()
 
@@ -159,8 +158,8 @@ class Retention:
         for key in keys - self._hydrate:
             self._due.pop(key, None)
             bl = store.beamlines.get(key)
-            policy = bl.spec.retention if bl is not None and not bl.deleting and not bl.spec_error else None
-            if bl is None or not retention_applies(bl.spec) or bl.deleting or bl.spec_error:
+            policy = store.retention_policy(key)
+            if policy is None:
                 store.release_settled(key)  # only runs with a TTL or a deleteAfter of their own stay
             pruning = plan_retention(store.settled_for(key), policy, now)
             if pruning.next_due is not None:
@@ -181,25 +180,19 @@ class Retention:
         applies: the finished runs the store let go are needed again). False to try next pass."""
         store = self.ctl.store
         store.drop_recent(key)  # held again as settled runs, not as recent ones
-        path = resource_path(API_VERSION, "planruns", key[0])
-        token = ""
-        while True:
-            params = {"limit": str(HYDRATE_CHUNK), **({"continue": token} if token else {})}
-            try:
-                page = await self.ctl.api.request("GET", path, params=params)
-            except Exception as exc:  # the API away, a continue token expired: next pass
-                log.warning("history of beamline %s/%s not listed (%s): again next pass", *key, exc)
-                return False
-            for item in page.get("items") or ():
-                meta = item.get("metadata") or {}
-                if (item.get("spec") or {}).get("beamline") == key[1] and (
-                    key[0],
-                    meta.get("name"),
-                ) not in store.runs:
-                    self.ctl.observe_run(item)
-            token = (page.get("metadata") or {}).get("continue") or ""
-            if not token:
-                return True
+        try:
+            async for page in self.ctl.api.list_pages(resource_path(API_VERSION, "planruns", key[0])):
+                for item in page.get("items") or ():
+                    name = (item.get("metadata") or {}).get("name")
+                    if (item.get("spec") or {}).get("beamline") == key[1] and (
+                        key[0],
+                        name,
+                    ) not in store.runs:
+                        self.ctl.observe_run(item)
+        except Exception as exc:  # the API away, a continue token expired: next pass
+            log.warning("history of beamline %s/%s not listed (%s): again next pass", *key, exc)
+            return False
+        return True
 
     async def _delete(self, run: SettledRun, reason: str) -> bool:
         path = resource_path(API_VERSION, "planruns", run.namespace, run.name)

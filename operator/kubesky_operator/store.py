@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import BeamlineSpec, Phase
+from .api import BeamlineSpec, Phase, RetentionSpec
 from .api.planrun import phase_rank
 from .planrun_status import parse_rfc3339
 from .queue import RunView, _resource_version
@@ -145,8 +145,15 @@ class Store:
         """Retention has to decide on this settled run (see the module's docstring)."""
         if run.ttl_seconds_after_finished is not None or run.delete_after is not None:
             return True
-        bl = self.beamlines.get((run.namespace, run.beamline))
-        return bl is not None and not bl.deleting and not bl.spec_error and retention_applies(bl.spec)
+        return self.retention_policy((run.namespace, run.beamline)) is not None
+
+    def retention_policy(self, key: BeamlineKey) -> RetentionSpec | None:
+        """The Beamline's retention, when it applies (a Beamline being deleted or with an invalid
+        spec has none: its runs keep only their own TTL)."""
+        bl = self.beamlines.get(key)
+        if bl is None or bl.deleting or bl.spec_error or not retention_applies(bl.spec):
+            return None
+        return bl.spec.retention
 
     def upsert_run(self, body: Mapping[str, Any]) -> tuple[RunView | SettledRun | None, RunView | SettledRun]:
         """Record a PlanRun body; returns (previous, current): current whole (a RunView) even when
