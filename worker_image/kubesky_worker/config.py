@@ -6,12 +6,15 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from kubesky_operator.api import WorkerConfig
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 TOKEN_ENV = "KUBESKY_WORKER_TOKEN"
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(Exception):
@@ -26,18 +29,16 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: object, source: str = "config") -> WorkerConfig:
+def parse_config(data: object, source: str = "config", model: type[M] = WorkerConfig) -> M:  # type: ignore[assignment]
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return WorkerConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            f"{source}: invalid worker configuration:\n{_format_validation_error(exc)}"
-        ) from None
+        raise ConfigError(f"{source}: invalid configuration:\n{_format_validation_error(exc)}") from None
 
 
-def load_config(path: str | os.PathLike[str]) -> WorkerConfig:
+def load_config(path: str | os.PathLike[str], model: type[M] = WorkerConfig) -> M:  # type: ignore[assignment]
     p = Path(path)
     try:
         text = p.read_text()
@@ -47,7 +48,7 @@ def load_config(path: str | os.PathLike[str]) -> WorkerConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data if data is not None else {}, str(p))
+    return parse_config(data if data is not None else {}, str(p), model)
 
 
 def worker_name(config: WorkerConfig) -> str:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from .common import ApiModel, Condition, ConditionStatus, set_condition
 from .limits import bounded
 from .planrun import READY, RECONCILING, STALLED, TTL_MAX
+from .tiled import TiledSpec
 from .worker_config import KafkaConfig
 
 KIND = "Beamline"
@@ -180,6 +181,13 @@ class BeamlineSpec(ApiModel):
         default_factory=DeviceSources, description="Device modules the worker builds and connects at start."
     )
     kafka: KafkaSpec | None = Field(default=None, description="Where documents are published.")
+    tiled: TiledSpec | None = Field(
+        default=None,
+        description=(
+            "Write every run of this beamline into Tiled: the operator runs a writer that consumes the "
+            "beamline's Kafka topic (needs spec.kafka)."
+        ),
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Metadata merged into every start document of this beamline."
     )
@@ -199,6 +207,12 @@ class BeamlineSpec(ApiModel):
             "a value at or below status.lastScanId changes nothing."
         ),
     )
+
+    @model_validator(mode="after")
+    def _tiled_needs_kafka(self) -> BeamlineSpec:
+        if self.tiled is not None and self.kafka is None:
+            raise ValueError("tiled needs kafka: the writer reads the beamline's topic")
+        return self
 
 
 class PlanInfo(ApiModel):

@@ -232,6 +232,12 @@ def beamline_crd() -> dict[str, Any]:
             "message": "tokenSecretRef is required when endpoint is set",
         }
     ]
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "!has(self.tiled) || has(self.kafka)",
+            "message": "tiled needs kafka: the writer reads its topic",
+        }
+    ]
     crd = _crd(
         kind=beamline.KIND,
         plural=beamline.PLURAL,

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .common import ApiModel, Condition, ConditionStatus, set_condition
 from .limits import RESERVED_START_KEYS, bounded
+from .tiled import TiledStatus
 
 KIND = "PlanRun"
 PLURAL = "planruns"
@@ -232,6 +233,9 @@ class PlanRunStatus(ApiModel):
     worker: str | None = Field(default=None, description="The worker (pod or endpoint) that ran the plan.")
     plan_set_hash: str | None = Field(default=None, description="Hash of the plan sources the run used.")
     kafka: KafkaRange | None = Field(default=None, description="Where the run's documents are in Kafka.")
+    tiled: TiledStatus | None = Field(
+        default=None, description="Where the run is in Tiled and whether it is written (the Tiled writer's)."
+    )
     delete_after: datetime | None = Field(
         default=None,
         description=(

@@ -1,0 +1,1 @@
+"""The Tiled writer: a beamline's runs from its Kafka topic into Tiled, exactly once in effect."""
