@@ -6,6 +6,7 @@
 #   helm                                              <- helm.sh/helm/v3
 #   coredns                                           <- github.com/coredns/coredns
 #   kube-router                                       <- github.com/cloudnativelabs/kube-router/v2
+#   source-controller, kustomize-controller (Flux)    <- github.com/fluxcd/{source,kustomize}-controller
 #   Apache Kafka (KRaft) jars                         <- Maven Central
 # Go binaries are static (CGO_ENABLED=0); the Kubernetes ones and kube-router carry their release
 # version (from go.mod) via -X ldflags.
@@ -110,5 +111,6 @@ build_go "$here/go/helm" helm helm.sh/helm/v3/cmd/helm
 build_go "$here/go/coredns" coredns github.com/coredns/coredns
 build_go "$here/go/kube-router" kube-router --ldflags-from kube_router_version_ldflags \
   github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+build_go "$here/go/flux" flux github.com/fluxcd/source-controller github.com/fluxcd/kustomize-controller
 build_kafka
 echo "bin=$cache/bin/current kafka=$cache/kafka-current"

@@ -193,3 +193,36 @@ def test_beamline_conditions_and_argo_health_agree(phase, worker_ready, rolling_
         phase in ("Ready", "Suspended") and worker_ready and not rolling_out
     )
     assert (kstatus(conds) == "Failed") == (phase == "Degraded")
+
+
+def flux_health_check_exprs() -> dict[str, dict[str, str]]:
+    docs = [yaml.safe_load(b) for b in code_blocks(DOCS / "gitops.md", "yaml")]
+    (ks,) = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Kustomization"]
+    return {e["kind"]: e for e in ks["spec"]["healthCheckExprs"]}
+
+
+def test_flux_health_check_exprs_give_every_phase_one_status():
+    """The CEL expressions name phases in string literals: each phase of the contract (and each
+    Beamline phase) in exactly one of inProgress, failed and current, as kstatus would map it.
+    tests/integration/gitops/test_flux.py runs them in a real Flux."""
+    exprs = flux_health_check_exprs()
+    want = {
+        "PlanRun": {
+            "inProgress": {Phase.PENDING, Phase.QUEUED, Phase.DISPATCHED, Phase.RUNNING, Phase.PAUSED},
+            "failed": {Phase.FAILED, Phase.ABORTED, Phase.REJECTED},
+            "current": {Phase.SUCCEEDED, Phase.STOPPED, Phase.CANCELLED},
+        },
+        "Beamline": {
+            "inProgress": {"Progressing"},
+            "failed": {"Degraded"},
+            "current": {"Ready", "Suspended"},
+        },
+    }
+    assert set(want["PlanRun"]["inProgress"] | want["PlanRun"]["failed"] | want["PlanRun"]["current"]) == set(
+        Phase
+    ), "a phase was added to the contract: give it a Flux health"
+    for kind, by_status in want.items():
+        for key, phases in by_status.items():
+            named = set(re.findall(r"'(\w+)'", exprs[kind][key]))
+            assert named == {str(p) for p in phases}, (kind, key, exprs[kind][key])
+        assert "!has(status.phase)" in exprs[kind]["inProgress"], "no phase yet is in progress"
