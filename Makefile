@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node bench-retention crds crds-check lint test test-unit test-integration demo dev-up dev-down \
-        bench bench-worker bench-operator bench-reload soak clean
+        bench bench-worker bench-operator bench-reload bench-tiled soak clean
 
 all: test
 
@@ -89,7 +89,7 @@ dev-up: venv infra
 dev-down: venv
 	$(PY) -m tests.infra.dev down
 
-bench: bench-worker bench-operator bench-reload bench-retention bench-node
+bench: bench-worker bench-operator bench-reload bench-retention bench-tiled bench-node
 
 # The fuzzing `make test` runs, at length (tens of minutes): the worker API with 500 examples per
 # operation, and the generated PlanRuns with the Hypothesis profile "soak".
@@ -108,6 +108,9 @@ bench-reload: venv infra
 
 bench-retention: venv infra
 	$(PY) tests/bench/bench_retention.py
+
+bench-tiled: venv infra
+	$(PY) tests/bench/bench_tiled.py
 
 bench-node: venv infra images
 	$(PY) tests/bench/bench_node.py

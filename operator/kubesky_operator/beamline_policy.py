@@ -66,6 +66,17 @@ def spec_refusals(spec: BeamlineSpec, settings: OperatorSettings) -> list[Refusa
                     "(an administrator extends the list with the chart value worker.allowedImages)",
                 )
             )
+    tiled_image = spec.tiled.image if spec.tiled is not None else None
+    if tiled_image:
+        allowed = [_repository(settings.worker_image), *settings.allowed_worker_images]
+        if not image_allowed(tiled_image, allowed):
+            out.append(
+                Refusal(
+                    "spec.tiled.image",
+                    f"image {tiled_image!r} is not allowed; allowed: {', '.join(allowed)} "
+                    "(an administrator extends the list with the chart value worker.allowedImages)",
+                )
+            )
     sa = worker.service_account_name
     if sa and sa not in settings.allowed_worker_service_accounts:
         out.append(
@@ -96,6 +107,8 @@ def referenced_secrets(spec: BeamlineSpec) -> list[tuple[str, str]]:
         refs.append(("spec.worker.tokenSecretRef.name", spec.worker.token_secret_ref.name))
     if spec.kafka is not None and spec.kafka.credentials_secret:
         refs.append(("spec.kafka.credentialsSecret", spec.kafka.credentials_secret))
+    if spec.tiled is not None:
+        refs.append(("spec.tiled.apiKeySecret.name", spec.tiled.api_key_secret.name))
     return refs
 
 

@@ -19,7 +19,7 @@ import base64
 import logging
 from typing import Any
 
-from . import worker_tls
+from . import tiled_writer_resources, worker_tls
 from .api import BeamlineSpec
 from .beamline_policy import describe, refusals
 from .beamline_resources import (
@@ -161,12 +161,15 @@ async def apply_worker_objects(
             owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
             if any(o.get("uid") == uid for o in owners):
                 await api.delete(path)
-        return []
+        if spec.tiled is not None and (refused := await refusals(api, settings, namespace, spec)):
+            raise NotAllowed(describe(refused))
+        return await apply_tiled_writer(api, settings, name, namespace, uid, spec, missing_only=missing_only)
     refused = await refusals(api, settings, namespace, spec)
     if refused:
         raise NotAllowed(describe(refused))
+    done = await apply_tiled_writer(api, settings, name, namespace, uid, spec, missing_only=missing_only)
     created = await ensure_token_secret(api, name, namespace, uid)
-    done = [f"Secret/{token_secret_name(name)}"] if created or not missing_only else []
+    done += [f"Secret/{token_secret_name(name)}"] if created or not missing_only else []
     if settings.worker_tls:
         tls = await ensure_tls_secret(api, settings, name, namespace, uid)
         if tls == "created" or (tls and not missing_only):
@@ -181,6 +184,12 @@ async def apply_worker_objects(
         tls=settings.worker_tls,
         ingress=worker_ingress(settings),
     )
+    done += await _apply(api, objs, uid, missing_only=missing_only)
+    return done
+
+
+async def _apply(api: KubeApi, objs: list[dict[str, Any]], uid: str, *, missing_only: bool) -> list[str]:
+    done: list[str] = []
     for obj in objs:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], PLURALS[obj["kind"]], meta["namespace"], meta["name"])
@@ -199,3 +208,26 @@ async def apply_worker_objects(
         API_WRITES.labels(obj["kind"].lower()).inc()
         done.append(f"{obj['kind']}/{meta['name']}")
     return done
+
+
+async def apply_tiled_writer(
+    api: KubeApi,
+    settings: OperatorSettings,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: BeamlineSpec,
+    *,
+    missing_only: bool = False,
+) -> list[str]:
+    """The Beamline's Tiled writer (`tiled_writer_resources`) when spec.tiled is set; otherwise
+    Deployment, if this Beamline owns one, is removed."""
+    if spec.tiled is not None and spec.kafka is not None:
+        objs = tiled_writer_resources.render(name, namespace, uid, spec, image=settings.worker_image)
+        return await _apply(api, objs, uid, missing_only=missing_only)
+    for api_version, kind in tiled_writer_resources.REMOVED_WITHOUT_TILED:
+        path = resource_path(api_version, PLURALS[kind], namespace, tiled_writer_resources.writer_name(name))
+        existing = await api.get_metadata(path)
+        if existing is not None and _owned(existing, uid):
+            await api.delete(path)
+    return []

@@ -87,8 +87,10 @@ class WriterProcess:
 
     def metrics(self) -> str:
         """The current process's /metrics (its port is in its latest log line saying so)."""
-        urls = _METRICS.findall(self.log_path.read_text(errors="replace"))
-        assert urls, self.log_tail()
+        deadline = time.monotonic() + 30
+        while not (urls := _METRICS.findall(self.log_path.read_text(errors="replace"))):
+            assert time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.1)
         return httpx.get(f"{urls[-1]}/metrics", timeout=5).text
 
     def metric(self, name: str, **labels: str) -> float:

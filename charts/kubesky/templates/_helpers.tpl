@@ -103,7 +103,7 @@ escalation check refuses a Role granting more than its creator holds. */}}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# delete: when a Beamline switches to an external endpoint.
+# delete: when a Beamline switches to an external endpoint (or drops spec.tiled: its writer).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "patch", "delete"]

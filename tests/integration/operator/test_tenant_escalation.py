@@ -257,3 +257,54 @@ def test_beamline_cannot_take_over_objects_it_does_not_own(cluster, api, namespa
     assert not exists(cluster, namespace, "deployment", "payroll-worker")
     cluster.kubectl(tenant, "delete", "beamline", "payroll", "-n", namespace, "--wait=true", "--timeout=30s")
     assert exists(cluster, namespace, "role", "payroll-worker"), "someone else's Role was garbage-collected"
+
+
+def test_tiled_writer_follows_spec_tiled_with_only_what_it_needs(cluster, api, namespace, operator, tenant):
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(secret("tiled-key", {"api-key": "abc123"}))
+    )
+    tiled = {
+        "uri": "http://tiled.data:8000",
+        "apiKeySecret": {"name": "tiled-key"},
+        "readablePaths": ["/data"],
+    }
+    apply_as(
+        cluster,
+        tenant,
+        namespace,
+        beamline("tl", tiled=tiled),
+        beamline("tl-image", tiled={**tiled, "image": "evil.example/miner:1"}),
+    )
+    for name, field in (("tl", "spec.tiled.apiKeySecret.name"), ("tl-image", "spec.tiled.image")):
+        st = refused(api, namespace, name)
+        assert field in message(st), message(st)
+        assert not exists(cluster, namespace, "deployment", f"{name}-tiled-writer")
+    # Opted in: the writer runs with a ServiceAccount and Role of its own, the key from the Secret.
+    cluster.kubectl("label", "secret", "tiled-key", "-n", namespace, f"{SECRET_OPT_IN}=true")
+    apply_as(cluster, tenant, namespace, beamline("tl", tiled={**tiled, "batchSize": 500}))
+    wait_for("the writer", lambda: exists(cluster, namespace, "deployment", "tl-tiled-writer"))
+    dep = json.loads(
+        cluster.kubectl("get", "deployment", "tl-tiled-writer", "-n", namespace, "-o", "json").stdout
+    )
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "tl-tiled-writer"
+    assert pod["containers"][0]["command"] == ["kubesky-tiled-writer"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    key_volume = next(v for v in pod["volumes"] if v["name"] == "api-key")
+    assert key_volume["secret"]["secretName"] == "tiled-key"
+    role = json.loads(cluster.kubectl("get", "role", "tl-tiled-writer", "-n", namespace, "-o", "json").stdout)
+    assert role["rules"] == [
+        {"apiGroups": [GROUP], "resources": ["planruns"], "verbs": ["get"]},
+        {"apiGroups": [GROUP], "resources": ["planruns/status"], "verbs": ["patch"]},
+    ]
+    config = yaml.safe_load(
+        json.loads(
+            cluster.kubectl("get", "configmap", "tl-tiled-writer", "-n", namespace, "-o", "json").stdout
+        )["data"]["config.yaml"]
+    )
+    assert config["tiledUri"] == "http://tiled.data:8000" and config["batchSize"] == 500
+    assert config["readablePaths"] == ["/data"] and config["namespace"] == namespace
+    assert "abc123" not in json.dumps(config)
+    # Without spec.tiled the writer goes.
+    apply_as(cluster, tenant, namespace, beamline("tl"))
+    wait_for("the writer removed", lambda: not exists(cluster, namespace, "deployment", "tl-tiled-writer"))

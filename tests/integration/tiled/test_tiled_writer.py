@@ -20,7 +20,14 @@ from tests.helpers.kafka_docs import read_range
 from tests.helpers.tiled_writer_process import WriterProcess, writer_config, writer_process
 from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
 from tests.infra.tiled_server import TiledServer
-from tests.integration.worker.test_worker_e2e import create_planrun, dispatch, terminal, wait_record
+from tests.integration.worker.test_worker_e2e import (
+    control,
+    create_planrun,
+    dispatch,
+    get_record,
+    terminal,
+    wait_record,
+)
 
 PLURAL = "planruns"
 
@@ -213,24 +220,23 @@ def test_killed_mid_run_then_the_run_is_complete_once(
 ):
     cfg = new_writer(tmp_path, kafka, tiled, topic, key_file)
     with writer_process(cfg, tmp_path) as w:
-        pr = create_planrun(api, namespace, "count_slowly", {"detectors": ["det"], "num": 40, "delay": 0.1})
+        pr = create_planrun(api, namespace, "count_slowly", {"detectors": ["det"], "num": 40, "delay": 0.25})
+        run_id = pr["metadata"]["uid"]
         assert dispatch(worker, pr).status_code == 202
-        uid = wait_for(
-            "the run's start",
-            lambda: (
-                (r := wait_record(worker, pr["metadata"]["uid"], lambda r: True))["runUids"]
-                and r["runUids"][0]
-            ),
-        )
-        # some events written (flushed on time), then the writer dies mid-run
+        uid = wait_for("the run's start", lambda: (get_record(worker, run_id)["runUids"] or [None])[0])
+        # some events written (flushed on time), then the run held and the writer killed mid-run
         wait_for(
             "rows in Tiled",
-            lambda: uid in tiled.client() and "primary" in tiled.client()[uid] and len(rows(tiled, uid)) >= 5,
+            lambda: uid in tiled.client() and "primary" in tiled.client()[uid] and len(rows(tiled, uid)) >= 3,
             diag=w.log_tail,
         )
+        assert control(worker, run_id, "pause").status_code == 200
+        wait_record(worker, run_id, lambda r: r["phase"] == "Paused")
         assert "stop" not in tiled.client()[uid].metadata
         w.kill()
-        rec = wait_record(worker, pr["metadata"]["uid"], terminal)
+        assert control(worker, run_id, "resume").status_code == 200
+        rec = wait_record(worker, run_id, terminal)
+        assert rec["phase"] == "Succeeded", rec
         w.start()
         wait_for("the run complete", lambda: complete_in_tiled(tiled, uid), diag=w.log_tail)
         check_read_back(tiled, run_docs(kafka, topic, rec))

@@ -26,6 +26,10 @@ from .service import TiledWriterService
 log = logging.getLogger("kubesky_worker.tiled")
 
 API_KEY_ENV = "TILED_API_KEY"
+# How long one Tiled request is retried before the writer gives up and exits (tiled's own default
+# is 45 s; TILED_RETRY_TIMEOUT overrides both): short, so a writer facing a Tiled outage restarts
+# and shows that it waits and how far it lags.
+RETRY_TIMEOUT_SECONDS = 10.0
 
 
 def _api_key(config: TiledWriterConfig) -> str | None:
@@ -58,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubesky-tiled-writer: {exc}", file=sys.stderr)
         return 2
 
+    if "TILED_RETRY_TIMEOUT" not in os.environ:
+        import tiled.client.utils
+
+        tiled.client.utils.TILED_RETRY_TIMEOUT = RETRY_TIMEOUT_SECONDS
     metrics = WriterMetrics()
     try:
         server, _ = start_http_server(config.metrics_port, config.metrics_host, registry=metrics.registry)

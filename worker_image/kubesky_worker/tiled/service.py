@@ -60,8 +60,13 @@ class ClientStore:
 
 
 def connect_tiled(config: TiledWriterConfig, api_key: str | None) -> Any:
+    """A tiled client, after one quick probe: the client's own retries would hold a restarted
+    writer for their whole timeout before it could show that it waits."""
+    import httpx
     from tiled.client import from_uri
 
+    headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+    httpx.get(f"{config.tiled_uri.rstrip('/')}/api/v1/", headers=headers, timeout=5).raise_for_status()
     return from_uri(config.tiled_uri, api_key=api_key)
 
 
@@ -147,6 +152,7 @@ class TiledWriterService:
             log.debug("lag not measured: %s", exc)
 
     async def _wait_for_tiled(self, consumer: Any, tps: list[Any]) -> Any:
+        await self._lag_while_waiting(consumer, tps)
         backoff = 0.5
         while not self._stopping.is_set():
             try:

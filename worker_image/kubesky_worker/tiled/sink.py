@@ -11,6 +11,7 @@ metadata: a run whose node has `stop` is complete."""
 from __future__ import annotations
 
 import logging
+import posixpath
 from enum import Enum
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -63,8 +64,9 @@ def file_path(uri: str) -> str | None:
 
 
 def outside(path: str, readable: list[str]) -> bool:
-    norm = "/" + "/".join(p for p in path.split("/") if p not in ("", "."))
-    return not any(norm == r.rstrip("/") or norm.startswith(r.rstrip("/") + "/") for r in readable)
+    norm = posixpath.normpath("/" + path)  # "/data/../etc" is not under /data
+    roots = [posixpath.normpath("/" + r) for r in readable]
+    return not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 class RunSink:
