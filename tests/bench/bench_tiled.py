@@ -103,7 +103,8 @@ def throughput(kafka: Kafka, tiled: TiledServer, workdir: Path, key_file: str, *
         while not (uid in client and "stop" in client[uid].metadata):
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
-    assert len(client[uid]["primary"].base["internal"].read()) == EVENTS
+    got = len(client[uid]["primary"].base["internal"].read())
+    assert got == EVENTS, f"{got} rows in Tiled for {EVENTS} events\n{w.log_tail()}"
     return len(docs) / elapsed
 
 

@@ -8,6 +8,7 @@
 #   kube-router                                       <- github.com/cloudnativelabs/kube-router/v2
 #   source-controller, kustomize-controller (Flux)    <- github.com/fluxcd/{source,kustomize}-controller
 #   Apache Kafka (KRaft) jars                         <- Maven Central
+#   the Tiled server (tiled serve), in its own venv   <- PyPI (tests/infra/tiled/requirements.txt)
 # Go binaries are static (CGO_ENABLED=0); the Kubernetes ones and kube-router carry their release
 # version (from go.mod) via -X ldflags.
 # Idempotent: a component whose inputs (go.mod, go.sum, sources, ldflags recipe, pom.xml) are
@@ -103,6 +104,27 @@ build_kafka() {
   ln -sfn "$out" "$cache/kafka-current"
 }
 
+build_tiled() {
+  local req="$here/tiled/requirements.txt" key out
+  key="$(key_of "$req")"
+  out="$cache/tiled-$key"
+  if [[ -f "$out/.complete" ]]; then
+    log "tiled: cached in $out"
+  else
+    log "tiled: installing the server from PyPI"
+    local t0=$SECONDS
+    rm -rf "$out.tmp"
+    "${PYTHON:-python3}" -m venv "$out.tmp"
+    "$out.tmp/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+    touch "$out.tmp/.complete"
+    rm -rf "$out" && mv "$out.tmp" "$out"
+    # venv scripts carry the absolute path of their interpreter: fix them for the final directory
+    grep -rlI --null "$out.tmp" "$out/bin" | xargs -0 -r sed -i "s#$out.tmp#$out#g"
+    log "tiled: ready in $((SECONDS - t0)) s"
+  fi
+  ln -sfn "$out" "$cache/tiled-current"
+}
+
 build_go "$here/go/etcd" etcd .
 build_go "$here/go/kube" kube --ldflags-from kube_version_ldflags \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl \
@@ -113,4 +135,5 @@ build_go "$here/go/kube-router" kube-router --ldflags-from kube_router_version_l
   github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 build_go "$here/go/flux" flux github.com/fluxcd/source-controller github.com/fluxcd/kustomize-controller
 build_kafka
-echo "bin=$cache/bin/current kafka=$cache/kafka-current"
+build_tiled
+echo "bin=$cache/bin/current kafka=$cache/kafka-current tiled=$cache/tiled-current"

@@ -22,6 +22,7 @@ TILED_BIN = CACHE / "tiled-current" / "bin" / "tiled"
 class TiledServer:
     workdir: Path
     readable: list[Path] = field(default_factory=list)
+    host: str = "127.0.0.1"  # a node's pods reach it on the bridge address
     api_key: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = 0
     proc: Proc | None = None
@@ -29,7 +30,7 @@ class TiledServer:
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> TiledServer:
         if not TILED_BIN.exists():
@@ -46,7 +47,7 @@ class TiledServer:
         args += ["-w", str(self.workdir / "files"), "-w", f"duckdb:///{self.workdir / 'tables.duckdb'}"]
         for r in self.readable:
             args += ["-r", str(r)]
-        args += ["--api-key", self.api_key, "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--api-key", self.api_key, "--host", self.host, "--port", str(self.port)]
         log_path = self.workdir / "tiled.log"
         with log_path.open("ab") as out:
             popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

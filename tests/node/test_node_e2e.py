@@ -15,11 +15,13 @@ from collections import Counter
 
 import pytest
 import yaml
+from kubesky_operator.beamline_policy import SECRET_OPT_IN
 from kubesky_operator.beamline_resources import tls_secret_name, worker_name
 
 from tests.helpers.kafka_docs import KafkaDoc, check_run_order, read_range, validate_documents
-from tests.infra.node import LAB, RELEASE_NS, NodeCluster
+from tests.infra.node import GATEWAY, LAB, RELEASE_NS, NodeCluster
 from tests.infra.services import REPO_ROOT, ControlPlane
+from tests.infra.tiled_server import TiledServer
 
 from .conftest import get_json, wait_for
 
@@ -522,3 +524,68 @@ def test_admission_webhook_through_its_service(examples: NodeCluster) -> None:
     doc["spec"]["params"]["num"] = 2
     out = cp.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+
+
+def test_tiled_writer_pod_follows_spec_tiled(examples: NodeCluster, services_root) -> None:
+    """spec.tiled on the example Beamline: the operator runs the writer as a pod (the worker image,
+    its uid, its own ServiceAccount); a run lands in a Tiled server on the host and the PlanRun
+    says so; without spec.tiled the pod goes."""
+    cp = cp_of(examples)
+    tiled = TiledServer(services_root / "node-tiled", host=GATEWAY).start()
+    try:
+        key = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tiled-key", "namespace": LAB, "labels": {SECRET_OPT_IN: "true"}},
+            "stringData": {"api-key": tiled.api_key},
+        }
+        cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(key))
+        spec = {"uri": tiled.uri, "apiKeySecret": {"name": "tiled-key"}, "flushIntervalMs": 200}
+        cp.kubectl(
+            "patch", "beamline", "sim", "-n", LAB, "--type=merge", "-p", json.dumps({"spec": {"tiled": spec}})
+        )
+
+        def writer_pods() -> list[dict]:
+            pods = get_json(cp, "pods", "-n", LAB, "-l", "app.kubernetes.io/name=kubesky-tiled-writer")
+            return [p for p in pods.get("items", []) if not p["metadata"].get("deletionTimestamp")]
+
+        wait_for(
+            "the writer pod running",
+            lambda: any(p["status"].get("phase") == "Running" for p in writer_pods()),
+            180,
+            examples,
+        )
+        pod = writer_pods()[0]
+        assert pod["spec"]["serviceAccountName"] == "sim-tiled-writer"
+        assert pod["spec"]["containers"][0]["image"] == "{}:{}".format(*examples.image("worker"))
+        out = cp.kubectl("exec", "-n", LAB, pod["metadata"]["name"], "--", "python", "-c",
+                         "import os; print(os.getuid())").stdout  # fmt: skip
+        assert out.strip() == "10001"
+        name = f"tiled-{uuid.uuid4().hex[:6]}"
+        submit(cp, name, "count", {"detectors": ["det"], "num": 4})
+        run = wait_phase(examples, name, TERMINAL, timeout=120)
+        assert run["status"]["phase"] == "Succeeded", run["status"]
+        uid = run["status"]["runUids"][0]
+        wait_for(
+            "status.tiled Written",
+            lambda: planrun(cp, name).get("status", {}).get("tiled", {}).get("state") == "Written",
+            90,
+            examples,
+        )
+        node = tiled.client()[uid]
+        assert node.metadata["stop"]["exit_status"] == "success"
+        assert len(node["primary"].base["internal"].read()) == 4
+        cp.kubectl(
+            "patch",
+            "beamline",
+            "sim",
+            "-n",
+            LAB,
+            "--type=json",
+            "-p",
+            '[{"op":"remove","path":"/spec/tiled"}]',
+        )
+        wait_for("the writer pod gone", lambda: not writer_pods(), 90, examples)
+        assert get_json(cp, "deployment", "sim-tiled-writer", "-n", LAB) == {}
+    finally:
+        tiled.stop()
