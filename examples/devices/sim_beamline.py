@@ -11,6 +11,7 @@ names the device after the function (unless it named itself) and connects it.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import PurePath
 
@@ -27,7 +28,8 @@ from ophyd_async.sim import PatternGenerator, SimBlobDetector, SimMotor, SimPoin
 
 # One pattern generator shared by all devices: the "sample" the detectors look at.
 PATTERN = PatternGenerator()
-DATA_DIR = PurePath(tempfile.mkdtemp(prefix="kubesky-sim-"))
+# The Beamline's spec.worker.dataVolume when it has one (shared with Tiled), else a temporary directory.
+DATA_DIR = PurePath(tempfile.mkdtemp(prefix="kubesky-sim-", dir=os.environ.get("KUBESKY_DATA_DIR") or None))
 
 
 class PatternMotor(SimMotor):

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from .api import GROUP, VERSION, BeamlineSpec, PlanRunRef, RunRequest
 from .api.applied import dropped_nulls, dropped_nulls_message
 from .api.limits import spec_limit_error, start_key_errors
-from .beamline_policy import describe, secret_refusals, spec_refusals
+from .beamline_policy import describe, opt_in_refusals, spec_refusals
 from .kubeapi import ApiError, resource_path
 from .metrics import ADMISSION_LATENCY, ADMISSION_REVIEWS
 from .workerclient import SubmitOutcome, WorkerAuthError, WorkerUnreachable
@@ -158,7 +158,7 @@ class Admission:
         if refused:
             raise kopf.AdmissionError(describe(refused), code=REFUSED)
         try:
-            for r in await secret_refusals(self.ctl.api, namespace, spec):
+            for r in await opt_in_refusals(self.ctl.api, namespace, spec):
                 warnings.append(f"{r} (the worker is not started until it is)")
             for ref in spec.plans.config_maps:
                 path = resource_path("v1", "configmaps", namespace, ref.name)

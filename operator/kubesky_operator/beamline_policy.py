@@ -3,8 +3,8 @@
 The operator acts with its own rights for every tenant: it creates the worker's Deployment, mounts
 Secrets into it and sends a token to the worker's endpoint. A Beamline may therefore only ask for
 what the cluster administrator allowed (chart values → `OperatorSettings`): worker images and
-ServiceAccounts from allow-lists, Secrets an administrator opted in with a label, an endpoint that
-is a base URL on an allowed host. Each refusal names the field. Checked before any object is
+ServiceAccounts from allow-lists, Secrets and PersistentVolumeClaims an administrator opted in
+with a label, an endpoint that is a base URL on an allowed host. Each refusal names the field. Checked before any object is
 applied and before any token is read or sent."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from .api import GROUP, BeamlineSpec
 from .kubeapi import ApiError, KubeApi, resource_path
 from .settings import OperatorSettings
 
-# An administrator opts a Secret in for use by the Beamlines of its namespace with this label.
+# An administrator opts a Secret (or a PersistentVolumeClaim) in for use by the Beamlines of its
+# namespace with this label.
 SECRET_OPT_IN = f"{GROUP}/beamline-usable"
 NOT_ALLOWED = "NotAllowed"
 
@@ -100,35 +101,43 @@ def spec_refusals(spec: BeamlineSpec, settings: OperatorSettings) -> list[Refusa
     return out
 
 
-def referenced_secrets(spec: BeamlineSpec) -> list[tuple[str, str]]:
-    """(field, Secret name) of every Secret the Beamline asks the operator to use."""
-    refs: list[tuple[str, str]] = []
+def referenced_objects(spec: BeamlineSpec) -> list[tuple[str, str, str]]:
+    """(field, kind, name) of every Secret and PersistentVolumeClaim the Beamline asks the operator
+    to give its pods."""
+    refs: list[tuple[str, str, str]] = []
     if spec.worker.endpoint and spec.worker.token_secret_ref is not None:
-        refs.append(("spec.worker.tokenSecretRef.name", spec.worker.token_secret_ref.name))
+        refs.append(("spec.worker.tokenSecretRef.name", "Secret", spec.worker.token_secret_ref.name))
     if spec.kafka is not None and spec.kafka.credentials_secret:
-        refs.append(("spec.kafka.credentialsSecret", spec.kafka.credentials_secret))
+        refs.append(("spec.kafka.credentialsSecret", "Secret", spec.kafka.credentials_secret))
     if spec.tiled is not None:
-        refs.append(("spec.tiled.apiKeySecret.name", spec.tiled.api_key_secret.name))
+        refs.append(("spec.tiled.apiKeySecret.name", "Secret", spec.tiled.api_key_secret.name))
+    if spec.worker.data_volume is not None and not spec.worker.endpoint:
+        refs.append(
+            ("spec.worker.dataVolume.claimName", "PersistentVolumeClaim", spec.worker.data_volume.claim_name)
+        )
     return refs
 
 
-async def secret_refusals(api: KubeApi, namespace: str, spec: BeamlineSpec) -> list[Refusal]:
-    """Refusals for referenced Secrets that are missing or not opted in. Only their metadata is
-    read: the operator never holds the contents of a Secret it may not use."""
+_PLURAL = {"Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims"}
+
+
+async def opt_in_refusals(api: KubeApi, namespace: str, spec: BeamlineSpec) -> list[Refusal]:
+    """Refusals for referenced Secrets and claims that are missing or not opted in. Only their
+    metadata is read: the operator never holds the contents of a Secret it may not use."""
     out: list[Refusal] = []
-    for field, name in referenced_secrets(spec):
+    for field, kind, name in referenced_objects(spec):
         try:
-            meta = await api.get_metadata(resource_path("v1", "secrets", namespace, name))
+            meta = await api.get_metadata(resource_path("v1", _PLURAL[kind], namespace, name))
         except ApiError as exc:
-            out.append(Refusal(field, f"Secret {name!r} cannot be read ({exc.status})"))
+            out.append(Refusal(field, f"{kind} {name!r} cannot be read ({exc.status})"))
             continue
         if meta is None:
-            out.append(Refusal(field, f"Secret {name!r} not found"))
+            out.append(Refusal(field, f"{kind} {name!r} not found"))
         elif ((meta.get("metadata") or {}).get("labels") or {}).get(SECRET_OPT_IN) != "true":
             out.append(
                 Refusal(
                     field,
-                    f"Secret {name!r} is not opted in for Beamlines: an administrator labels it "
+                    f"{kind} {name!r} is not opted in for Beamlines: an administrator labels it "
                     f"{SECRET_OPT_IN}=true",
                 )
             )
@@ -138,7 +147,7 @@ async def secret_refusals(api: KubeApi, namespace: str, spec: BeamlineSpec) -> l
 async def refusals(
     api: KubeApi, settings: OperatorSettings, namespace: str, spec: BeamlineSpec
 ) -> list[Refusal]:
-    return spec_refusals(spec, settings) + await secret_refusals(api, namespace, spec)
+    return spec_refusals(spec, settings) + await opt_in_refusals(api, namespace, spec)
 
 
 def describe(found: list[Refusal]) -> str:

@@ -40,6 +40,7 @@ TLS_CERT_KEY = "tls.crt"  # the keys of a kubernetes.io/tls Secret
 TLS_KEY_KEY = "tls.key"
 TLS_CA_KEY = "ca.crt"
 RUN_AS = 10001
+DATA_DIR_ENV = "KUBESKY_DATA_DIR"  # where device modules put detector files (spec.worker.dataVolume)
 MANAGED_BY = "kubesky-operator"
 
 
@@ -350,6 +351,10 @@ def deployment(
     for i, cm in enumerate(spec.devices.config_maps):
         volumes.append({"name": f"devices-{i}", "configMap": {"name": cm.name}})
         mounts.append({"name": f"devices-{i}", "mountPath": f"{DEVICES_DIR}/{cm.name}", "readOnly": True})
+    if spec.worker.data_volume is not None:
+        dv = spec.worker.data_volume
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": dv.claim_name}})
+        mounts.append({"name": "data", "mountPath": dv.mount_path})
     if spec.kafka is not None and spec.kafka.credentials_secret:
         volumes.append(
             {
@@ -363,6 +368,8 @@ def deployment(
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HOME", "value": "/tmp"},
     ]
+    if spec.worker.data_volume is not None:
+        env.append({"name": DATA_DIR_ENV, "value": spec.worker.data_volume.mount_path})
     env += [{"name": e.name, "value": e.value} for e in spec.worker.env]
     # The kubelet probes over HTTPS without verifying the certificate (as it always does).
     scheme = "HTTPS" if tls else "HTTP"

@@ -92,6 +92,10 @@ escalation check refuses a Role granting more than its creator holds. */}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
+# A data volume's claim: GET by name, to check its opt-in label.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 # Worker objects, server-side applied.
 - apiGroups: [""]
   resources: ["serviceaccounts"]

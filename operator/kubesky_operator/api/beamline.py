@@ -34,6 +34,29 @@ class EnvVar(ApiModel):
     value: str = Field(default="", description="Environment variable value.")
 
 
+class DataVolume(ApiModel):
+    """A PersistentVolumeClaim the worker's detectors write their files to."""
+
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "PersistentVolumeClaim in the Beamline's namespace. It must be opted in by an administrator "
+            "with the label kubesky.io/beamline-usable=true."
+        ),
+    )
+    mount_path: str = Field(
+        default="/data",
+        pattern=r"^/[^\s]*$",
+        max_length=1024,
+        description=(
+            "Where the worker sees it (also in $KUBESKY_DATA_DIR for device modules). Mount the same "
+            "volume at the same path in the Tiled server, as readable storage, so registered files read "
+            "back; list it in spec.tiled.readablePaths."
+        ),
+    )
+
+
 class WorkerSpec(ApiModel):
     """How the beamline's worker runs: a Deployment the operator manages, or an external endpoint."""
 
@@ -48,6 +71,9 @@ class WorkerSpec(ApiModel):
         default=None, description="Container resources (requests/limits) of the worker, as in a Pod spec."
     )
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the worker.")
+    data_volume: DataVolume | None = Field(
+        default=None, description="Storage for detector files, shared with readers such as Tiled."
+    )
     service_account_name: str | None = Field(
         default=None,
         description=(

@@ -308,3 +308,34 @@ def test_tiled_writer_follows_spec_tiled_with_only_what_it_needs(cluster, api, n
     # Without spec.tiled the writer goes.
     apply_as(cluster, tenant, namespace, beamline("tl"))
     wait_for("the writer removed", lambda: not exists(cluster, namespace, "deployment", "tl-tiled-writer"))
+
+
+def test_data_volume_only_an_opted_in_claim(cluster, api, namespace, operator, tenant):
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "detector-data"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(pvc))
+    apply_as(
+        cluster, tenant, namespace, beamline("dv", worker={"dataVolume": {"claimName": "detector-data"}})
+    )
+    st = refused(api, namespace, "dv")
+    assert message(st).startswith("spec.worker.dataVolume.claimName"), message(st)
+    assert "not opted in" in message(st)
+    assert not exists(cluster, namespace, "deployment", "dv-worker")
+    cluster.kubectl("label", "pvc", "detector-data", "-n", namespace, f"{SECRET_OPT_IN}=true")
+    apply_as(
+        cluster,
+        tenant,
+        namespace,
+        beamline("dv", worker={"dataVolume": {"claimName": "detector-data", "mountPath": "/srv/data"}}),
+    )
+    wait_for("the worker", lambda: exists(cluster, namespace, "deployment", "dv-worker"))
+    dep = json.loads(cluster.kubectl("get", "deployment", "dv-worker", "-n", namespace, "-o", "json").stdout)
+    pod = dep["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "detector-data"}} in pod["volumes"]
+    container = pod["containers"][0]
+    assert {"name": "data", "mountPath": "/srv/data"} in container["volumeMounts"]
+    assert {"name": "KUBESKY_DATA_DIR", "value": "/srv/data"} in container["env"]
