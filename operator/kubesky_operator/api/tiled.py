@@ -110,12 +110,13 @@ class TiledState(StrEnum):
     LAGGING = "Lagging"  # written, but later than lag_warning_seconds after they were produced
     WRITTEN = "Written"  # the run is complete in Tiled (its stop document written)
     INCOMPLETE = "Incomplete"  # complete, but some external data could not be registered (see message)
+    FAILED = "Failed"  # Tiled refused one of its documents: written up to there only (see message)
 
 
 class TiledRun(ApiModel):
     uid: str = Field(description="The run's start uid (its key in Tiled).")
     uri: str = Field(description="The run's node in Tiled.")
-    state: TiledState = Field(description="Writing, Lagging, Written or Incomplete.")
+    state: TiledState = Field(description="Writing, Lagging, Written, Incomplete or Failed.")
     documents: int = Field(default=0, ge=0, description="Documents of the run written so far.")
     message: str | None = Field(default=None, description="Why the run is Lagging or Incomplete.")
 
@@ -128,7 +129,13 @@ class TiledStatus(ApiModel):
     update_time: datetime | None = Field(default=None, description="When the writer last reported.")
 
 
-_ORDER = [TiledState.LAGGING, TiledState.WRITING, TiledState.INCOMPLETE, TiledState.WRITTEN]
+_ORDER = [
+    TiledState.FAILED,
+    TiledState.LAGGING,
+    TiledState.WRITING,
+    TiledState.INCOMPLETE,
+    TiledState.WRITTEN,
+]
 
 
 def overall_state(states: list[TiledState]) -> TiledState:

@@ -416,3 +416,38 @@ def test_external_data_outside_the_readable_paths_is_named(
     msg = status["runs"][0]["message"]
     assert "outside the Tiled server's readable paths" in msg and str(elsewhere) in msg
     assert os.fspath(tiled.readable[0]) in msg  # the file's own path, under the detector data directory
+
+
+def synthetic_run(uid: str, values: list[Any], *, stop: bool = True) -> list[tuple[str, dict]]:
+    desc, now = str(uuid.uuid4()), time.time()
+    docs: list[tuple[str, dict]] = [
+        ("start", {"uid": uid, "time": now, "scan_id": 1}),
+        ("descriptor", {"uid": desc, "time": now, "run_start": uid, "name": "primary", "data_keys": {"v": {"dtype": "number", "shape": [], "source": "sim"}}, "object_keys": {"d": ["v"]}, "configuration": {}}),
+    ] + [
+        ("event", {"uid": str(uuid.uuid4()), "time": now + i, "descriptor": desc, "seq_num": i + 1, "data": {"v": v}, "timestamps": {"v": now + i}, "filled": {}})
+        for i, v in enumerate(values)
+    ]  # fmt: skip
+    if stop:
+        docs.append(("stop", {"uid": str(uuid.uuid4()), "time": now + 9, "run_start": uid, "exit_status": "success", "num_events": {"primary": len(values)}}))  # fmt: skip
+    return docs
+
+
+def test_a_run_tiled_refuses_is_given_up_and_the_next_runs_are_written(kafka, tiled, key_file, tmp_path):
+    # A hostile or broken producer: a column that changes type mid-run, then a garbage record.
+    t = f"tiled-bad-{uuid.uuid4().hex[:8]}"
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    produce(kafka, t, bad, synthetic_run(bad, [1.0, 2.0, "three", 4.0]))
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    p.produce(t, key=b"garbage", value=b"\xc1 not msgpack")
+    assert p.flush(30) == 0
+    produce(kafka, t, good, synthetic_run(good, [1.0, 2.0, 3.0]))
+    cfg = new_writer(tmp_path, kafka, tiled, t, key_file)
+    with writer_process(cfg, tmp_path) as w:
+        wait_for("the next run written", lambda: complete_in_tiled(tiled, good), diag=w.log_tail)
+        assert w.metric("kubesky_tiled_writer_runs_total", outcome="given_up") == 1
+        assert w.metric("kubesky_tiled_writer_documents_dropped_total", why="undecodable") == 1
+        assert w.popen.poll() is None, "the writer must go on, not crash-loop on a run it cannot write"
+    assert len(rows(tiled, good)) == 3
+    assert "stop" not in tiled.client()[bad].metadata  # not passed off as complete

@@ -56,9 +56,15 @@ def run_docs(uid: str, events: int = 3) -> list[tuple[str, dict[str, Any]]]:
     )
 
 
-def feed(book: RunBook, docs: list[tuple[str, dict[str, Any]]], partition: int = 0, first: int = 0) -> int:
+def feed(
+    book: RunBook,
+    docs: list[tuple[str, dict[str, Any]]],
+    partition: int = 0,
+    first: int = 0,
+    key: str | None = None,
+) -> int:
     for i, (name, doc) in enumerate(docs):
-        book.handle(partition, first + i, None, name, doc, 0.0)
+        book.handle(partition, first + i, key.encode() if key else None, name, doc, 0.0)
     return first + len(docs)
 
 
@@ -175,3 +181,52 @@ def test_the_least_advanced_state_shows() -> None:
     assert overall_state([TiledState.WRITTEN, TiledState.LAGGING]) is TiledState.LAGGING
     assert overall_state([TiledState.WRITTEN, TiledState.INCOMPLETE]) is TiledState.INCOMPLETE
     assert overall_state([TiledState.WRITTEN]) is TiledState.WRITTEN
+
+
+class RefusingSink(RecordingSink):
+    """Refuses the event with seq_num 2, as Tiled refuses a row whose column changed type."""
+
+    def __init__(self, log: list[tuple[str, str]], exc: Exception) -> None:
+        super().__init__(log)
+        self.exc = exc
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "event" and doc.get("seq_num") == 2:
+            raise self.exc
+        super().__call__(name, doc)
+
+
+class RefusingStore(RecordingStore):
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def sink(self) -> RecordingSink:
+        return RefusingSink(self.written, self.exc)
+
+
+def test_a_document_tiled_refuses_gives_up_its_run_only() -> None:
+    finished = []
+    book = RunBook(RefusingStore(ValueError("column x: expected double, got string")), finished.append)
+    end = feed(book, run_docs("a", events=4), key="a")  # keyed by run, as the worker sends them
+    feed(book, run_docs("b", events=1), first=end, key="b")
+    assert book.counters.runs_given_up == 1 and book.counters.abandoned == 3  # 2 events and the stop
+    assert finished[0].given_up and "event document a-e1" in finished[0].problems[0]
+    assert "expected double" in finished[0].problems[0]
+    assert not finished[1].given_up  # the next run is written
+    assert book.ledger.commit_points() == {0: end + 4}
+
+
+def test_a_failure_of_tiled_itself_stops_the_writer() -> None:
+    import httpx
+
+    request = httpx.Request("POST", "http://tiled/api/v1/table/partition/a")
+    for exc in (
+        httpx.ConnectError("refused", request=request),
+        httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request)),
+        httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request)),
+    ):
+        book = RunBook(RefusingStore(exc))
+        with pytest.raises(type(exc)):
+            feed(book, run_docs("a"))
+        assert book.ledger.commit_points() == {0: 0}  # never past the open run's start

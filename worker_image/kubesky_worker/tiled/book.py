@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from event_model import unpack_datum_page, unpack_event_page
 
 from .ledger import Ledger
-from .sink import InTiled
+from .sink import InTiled, is_tiled_failure
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Finished:
     documents: int
     problems: list[str]
     closed_out: str | None = None  # why the writer wrote the stop itself
+    given_up: bool = False  # a document Tiled refused: the run is not complete there
 
 
 def _identity(name: str, doc: dict[str, Any]) -> str | None:
@@ -96,11 +97,13 @@ class Counters:
     documents: int = 0
     duplicates: int = 0
     orphans: int = 0  # documents of a run whose start was never seen
+    abandoned: int = 0  # documents of a run given up after a document Tiled refused
     undecodable: int = 0
     runs_written: int = 0
     runs_skipped: int = 0
     runs_rewritten: int = 0
     runs_closed_out: int = 0
+    runs_given_up: int = 0
 
 
 class RunBook:
@@ -113,6 +116,7 @@ class RunBook:
         self._owner: dict[str, str] = {}  # descriptor / resource / stream resource uid -> run uid
         self._on_finished = on_finished or (lambda f: None)
         self._orphans_logged: set[str] = set()
+        self._given_up: OrderedDict[str, None] = OrderedDict()
 
     # -- intake --------------------------------------------------------------------------------
     def handle(
@@ -135,10 +139,12 @@ class RunBook:
             return
         uid = self._run_of(key, name, doc)
         if uid is None or uid in self.finished:
-            if uid is not None:
-                self.counters.duplicates += 1
-            else:
+            if uid is None:
                 self._orphan(key, name)
+            elif uid in self._given_up:
+                self.counters.abandoned += 1
+            else:
+                self.counters.duplicates += 1
             return
         run = self.open.get(uid)
         if run is None:
@@ -154,7 +160,8 @@ class RunBook:
             self._owner[doc["uid"]] = uid
         elif name in ("resource", "stream_resource"):
             self._owner[doc["uid"]] = uid
-        run.sink(name, doc)
+        if not self._feed(run, name, doc):
+            return
         run.documents += 1
         run.last_document = time.monotonic()
         run.produced = max(run.produced, produced)
@@ -181,7 +188,8 @@ class RunBook:
         run.seen.add(uid)
         self.open[uid] = run
         self.ledger.of(partition).opened(uid, offset)
-        run.sink("start", doc)
+        if not self._feed(run, "start", doc):
+            return
         run.documents = 1
         run.produced = produced
         self.counters.documents += 1
@@ -206,17 +214,42 @@ class RunBook:
             self._orphans_logged.add(k)
             log.warning("a %s document of run %s whose start was not seen: dropped", name, k)
 
+    def _feed(self, run: OpenRun, name: str, doc: dict[str, Any]) -> bool:
+        """Write one document; False when Tiled refused it and the run was given up. A failure of
+        Tiled itself propagates: the caller stops without committing."""
+        try:
+            run.sink(name, doc)
+        except Exception as exc:
+            if is_tiled_failure(exc):
+                raise
+            self._give_up(run, f"its {name} document {_identity(name, doc) or '?'}", exc)
+            return False
+        return True
+
+    def _give_up(self, run: OpenRun, what: str, exc: Exception) -> None:
+        log.error("run %s given up at %s: %s", run.uid, what, exc)
+        run.sink.problems.append(
+            f"not written past {what}, which could not be written: {type(exc).__name__}: {str(exc)[:300]}"
+        )
+        self.counters.runs_given_up += 1
+        self._given_up[run.uid] = None
+        while len(self._given_up) > FINISHED_REMEMBERED:
+            self._given_up.popitem(last=False)
+        self._finish(run, None, written=False)
+
     # -- ending runs ---------------------------------------------------------------------------
-    def _finish(self, run: OpenRun, closed_out: str | None) -> None:
+    def _finish(self, run: OpenRun, closed_out: str | None, *, written: bool = True) -> None:
         del self.open[run.uid]
         self.ledger.of(run.partition).closed(run.uid)
         for owned in [k for k, v in self._owner.items() if v == run.uid]:
             del self._owner[owned]
         self._remember_finished(run.uid)
-        self.counters.runs_written += 1
+        self.counters.runs_written += written
         if closed_out:
             self.counters.runs_closed_out += 1
-        self._on_finished(Finished(run.uid, run.planrun, run.documents, list(run.sink.problems), closed_out))
+        self._on_finished(
+            Finished(run.uid, run.planrun, run.documents, list(run.sink.problems), closed_out, not written)
+        )
 
     def _remember_finished(self, uid: str) -> None:
         self.finished[uid] = None
@@ -240,4 +273,12 @@ class RunBook:
         self._finish(run, reason)
 
     def flush(self) -> int:
-        return sum(run.sink.flush() for run in self.open.values())
+        rows = 0
+        for run in list(self.open.values()):
+            try:
+                rows += run.sink.flush()
+            except Exception as exc:
+                if is_tiled_failure(exc):
+                    raise
+                self._give_up(run, "the events gathered since its last write", exc)
+        return rows

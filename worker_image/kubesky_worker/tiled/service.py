@@ -38,6 +38,7 @@ CLOSE_OUT_CHECK_SECONDS = 5.0
 QUIET_BEFORE_CLOSE_OUT = 5.0  # a run silent this long has its PlanRun looked at
 PROGRESS_REPORT_SECONDS = 2.0
 MAX_RECORDS = 5000
+COMMIT_SECONDS = 1.0
 
 
 class ClientStore:
@@ -200,7 +201,7 @@ class TiledWriterService:
     async def _loop(self, consumer: Any, tps: list[Any]) -> None:
         assert self.book is not None
         interval = self.config.flush_interval_ms / 1000
-        last_flush = last_check = time.monotonic()
+        last_flush = last_check = last_commit = time.monotonic()
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=max(10, int(interval * 500)), max_records=MAX_RECORDS)
             if batches:
@@ -208,9 +209,12 @@ class TiledWriterService:
             now = time.monotonic()
             if now - last_flush >= interval:
                 await asyncio.to_thread(self._flush)
+                last_flush = now
+            if now - last_commit >= COMMIT_SECONDS:
+                # Commits only set where a restart resumes: once a second is plenty.
                 await self._commit(consumer)
                 await self._measure_lag(consumer, tps)
-                last_flush = now
+                last_commit = now
             if now - last_check >= CLOSE_OUT_CHECK_SECONDS:
                 last_check = now
                 await self._close_out_stale(consumer)
@@ -229,12 +233,15 @@ class TiledWriterService:
                 name, doc = decoded
                 c = self.book.counters
                 dup, orph, skipped, rewritten = c.duplicates, c.orphans, c.runs_skipped, c.runs_rewritten
+                abandoned, given_up = c.abandoned, c.runs_given_up
                 opened = name == "start" and doc.get("uid") not in self.book.open
                 self.book.handle(tp.partition, rec.offset, rec.key, name, doc, produced)
                 self.metrics.dropped.labels("duplicate").inc(c.duplicates - dup)
                 self.metrics.dropped.labels("orphan").inc(c.orphans - orph)
                 self.metrics.runs.labels("skipped").inc(c.runs_skipped - skipped)
                 self.metrics.runs.labels("rewritten").inc(c.runs_rewritten - rewritten)
+                self.metrics.dropped.labels("abandoned").inc(c.abandoned - abandoned)
+                self.metrics.runs.labels("given_up").inc(c.runs_given_up - given_up)
                 if self._oldest_unflushed is None:
                     self._oldest_unflushed = produced
                 if opened and (run := self.book.open.get(doc.get("uid", ""))) is not None:
@@ -280,9 +287,12 @@ class TiledWriterService:
         )
 
     def _finished(self, f: Finished) -> None:
-        self.metrics.runs.labels("closed_out" if f.closed_out else "written").inc()
+        if not f.given_up:
+            self.metrics.runs.labels("closed_out" if f.closed_out else "written").inc()
         problems = ([f"closed without a stop document: {f.closed_out}"] if f.closed_out else []) + f.problems
-        state = TiledState.INCOMPLETE if f.problems else TiledState.WRITTEN
+        state = (
+            TiledState.FAILED if f.given_up else TiledState.INCOMPLETE if f.problems else TiledState.WRITTEN
+        )
         self._report(f.uid, f.planrun, state, f.documents, "; ".join(problems) or None)
         self._reported_state.pop(f.uid, None)
         self._last_progress.pop(f.uid, None)

@@ -57,6 +57,18 @@ class _RunWriterWithFlush(_RunWriter):
         return rows + len(pending)
 
 
+def is_tiled_failure(exc: BaseException) -> bool:
+    """True when Tiled (or the way to it) failed, so the writer must stop and resume later; False
+    when Tiled refused what one run's documents asked for (a malformed document, a column whose
+    type changed), which no retry will change: that run is given up, the others go on."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        return code >= 500 or code in (401, 403, 429)
+    return isinstance(exc, (httpx.TransportError, OSError))
+
+
 def file_path(uri: str) -> str | None:
     """The local path of a stream resource's file:// URI, or None for other schemes."""
     parsed = urlparse(uri)
