@@ -442,11 +442,15 @@ def test_a_run_tiled_refuses_is_given_up_and_the_next_runs_are_written(kafka, ti
     p = Producer({"bootstrap.servers": kafka.bootstrap})
     p.produce(t, key=b"garbage", value=b"\xc1 not msgpack")
     assert p.flush(30) == 0
+    malformed = str(uuid.uuid4())
+    docs = synthetic_run(malformed, [1.0, 2.0])
+    del docs[3][1]["data"]  # an event without data
+    produce(kafka, t, malformed, docs)
     produce(kafka, t, good, synthetic_run(good, [1.0, 2.0, 3.0]))
     cfg = new_writer(tmp_path, kafka, tiled, t, key_file)
     with writer_process(cfg, tmp_path) as w:
         wait_for("the next run written", lambda: complete_in_tiled(tiled, good), diag=w.log_tail)
-        assert w.metric("kubesky_tiled_writer_runs_total", outcome="given_up") == 1
+        assert w.metric("kubesky_tiled_writer_runs_total", outcome="given_up") == 2
         assert w.metric("kubesky_tiled_writer_documents_dropped_total", why="undecodable") == 1
         assert w.popen.poll() is None, "the writer must go on, not crash-loop on a run it cannot write"
     assert len(rows(tiled, good)) == 3
