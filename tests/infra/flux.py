@@ -64,6 +64,22 @@ def crd_files() -> list[Path]:
     return files
 
 
+def apply_crds(cluster: ControlPlane) -> None:
+    """Apply the controllers' CRDs (server-side: idempotent) and wait until they are served."""
+    files = crd_files()
+    for f in files:
+        cluster.kubectl("apply", "--server-side", "-f", str(f))
+    names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # Discovery of a fresh group can lag the Established condition by a moment.
+    wait_until(
+        "Flux's kinds served",
+        lambda: cluster.kubectl("get", "gitrepositories,kustomizations", "-A", check=False).returncode == 0,
+        30,
+        [],
+    )
+
+
 def git(*args: str, cwd: Path) -> str:
     proc = subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV}, check=False
@@ -214,13 +230,7 @@ class Flux:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.repos_root.mkdir(exist_ok=True)
         (self.workdir / "artifacts").mkdir(exist_ok=True)  # source-controller requires it to exist
-        files = crd_files()
-        for f in files:
-            self.cluster.kubectl("apply", "--server-side", "-f", str(f))
-        names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-        )
+        apply_crds(self.cluster)
         self.git_server = GitHTTPServer(self.repos_root, self.workdir / "logs" / "git-http.log").start()
 
         logs = self.workdir / "logs"

@@ -17,6 +17,7 @@ import yaml
 from confluent_kafka import Producer
 from kubesky_worker.publisher import serializer
 
+from tests.infra.flux import apply_crds
 from tests.infra.services import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
@@ -39,6 +40,8 @@ def manifests() -> list[tuple[str, dict[str, Any]]]:
 def test_doc_manifests_pass_server_validation(cluster, crds):
     found = manifests()
     assert {kind for _, kind in ((n, d["kind"]) for n, d in found)} >= {"Beamline", "PlanRun", "ConfigMap"}
+    if any(d["kind"] == "Kustomization" for _, d in found):
+        apply_crds(cluster)  # docs/gitops.md's Flux Kustomization, checked against Flux's own CRD
     for name, doc in found:
         ns = doc["metadata"].get("namespace")
         if ns:
