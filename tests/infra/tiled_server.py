@@ -23,6 +23,7 @@ class TiledServer:
     workdir: Path
     readable: list[Path] = field(default_factory=list)
     host: str = "127.0.0.1"  # a node's pods reach it on the bridge address
+    tables: str = "sqlite"
     api_key: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = 0
     proc: Proc | None = None
@@ -44,7 +45,7 @@ class TiledServer:
         args = [str(TILED_BIN), "serve", "catalog", str(catalog)]
         if first:
             args.append("--init")
-        args += ["-w", str(self.workdir / "files"), "-w", f"duckdb:///{self.workdir / 'tables.duckdb'}"]
+        args += ["-w", str(self.workdir / "files"), "-w", self.table_store()]
         for r in self.readable:
             args += ["-r", str(r)]
         args += ["--api-key", self.api_key, "--host", self.host, "--port", str(self.port)]
@@ -71,6 +72,12 @@ class TiledServer:
         self.startup_seconds = time.monotonic() - t0
         log(f"tiled up at {self.uri} in {self.startup_seconds:.1f}s")
         return self
+
+    def table_store(self) -> str:
+        """Where appendable tables (the runs' event rows) go: SQLite, or DuckDB with tables="duckdb"."""
+        if self.tables == "duckdb":
+            return f"duckdb:///{self.workdir / 'tables.duckdb'}"
+        return f"sqlite:///{self.workdir / 'tables.sqlite'}"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.alive():

@@ -264,6 +264,7 @@ OPERATOR_GRANTS = {
     ("secrets", "get"),
     ("secrets", "create"),
     ("secrets", "patch"),
+    ("persistentvolumeclaims", "get"),  # a data volume's opt-in label
     *{("serviceaccounts", v) for v in ("get", "create", "patch")},
     *{("roles.rbac.authorization.k8s.io", v) for v in ("get", "create", "patch")},
     *{("rolebindings.rbac.authorization.k8s.io", v) for v in ("get", "create", "patch")},

@@ -136,7 +136,8 @@ def assert_same(got: list[tuple[str, dict[str, Any]]], want: list[tuple[str, dic
 def test_consumer_examples_read_worker_records(kafka, capsys):
     topic = f"i22-{uuid.uuid4().hex[:6]}.bluesky.runengine.documents"
     want, status = produce_run(kafka.bootstrap, topic)
-    dispatcher_code, aiokafka_code = code_blocks(DOCS / "consuming-documents.md", "python")
+    # the third block (reading from Tiled) runs in tests/integration/tiled
+    dispatcher_code, aiokafka_code, _ = code_blocks(DOCS / "consuming-documents.md", "python")
 
     # aiokafka: one PlanRun's documents by the offsets in its status.kafka.
     ns: dict[str, Any] = {}
