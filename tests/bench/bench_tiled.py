@@ -6,7 +6,11 @@
   production to the first moment a reader of the run's table in Tiled sees it (p50/p99; the
   reader polls every 100 ms, which the figures include).
 
-Writer settings: the defaults a Beamline gets (batch 1000, flush every 500 ms), and a 100 ms flush."""
+Writer settings: the defaults a Beamline gets (batch 1000, flush every 500 ms). The Tiled server
+keeps the runs' tables in SQLite, as the tests do; a reader polling a table while the writer
+appends to it can make Tiled answer an append with 500 ("database is locked"), which the writer
+survives by exiting and rewriting the run from its start (it is supervised here as the kubelet
+would): the figures then include that restart, and the bench says so."""
 
 from __future__ import annotations
 
@@ -135,7 +139,7 @@ def latency(kafka: Kafka, tiled: TiledServer, workdir: Path, key_file: str, **se
             while (not done.is_set() or known < n) and time.monotonic() < deadline:
                 try:
                     rows = len(client[uid]["primary"].base["internal"].read())
-                except KeyError:
+                except Exception:  # not there yet, or being rewritten after a writer restart
                     rows = 0
                 now = time.time()
                 for i in range(known, rows):
@@ -171,10 +175,9 @@ def main() -> int:
         key_file = workdir / "api-key"
         key_file.write_text(tiled.api_key)
         try:
-            for label, settings in (
-                ("defaults (batch 1000, flush 500 ms)", {"flushIntervalMs": 500}),
-                ("flush 100 ms", {"flushIntervalMs": 100}),
-            ):
+            # Shorter flushes mean more appends racing the reader's reads, which Tiled's embedded
+            # SQLite table store answers with 500 "database is locked" (see the module docstring).
+            for label, settings in (("defaults (batch 1000, flush 500 ms)", {"flushIntervalMs": 500}),):
                 rate = throughput(kafka, tiled, workdir, str(key_file), **settings)
                 lat = latency(kafka, tiled, workdir, str(key_file), **settings)
                 print(

@@ -99,6 +99,10 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if k != "KUBESKY_WORKER_TOKEN"}
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if "TMPDIR" not in self.env:
+            # the simulated detectors' files go under the test's own directory, removed with it
+            (self.workdir / "tmp").mkdir(exist_ok=True)
+            env["TMPDIR"] = str(self.workdir / "tmp")
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"---- start #{self.starts}\n".encode())
