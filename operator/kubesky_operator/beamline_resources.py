@@ -12,6 +12,7 @@ import base64
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,18 +77,36 @@ def in_cluster_endpoint(beamline: str, namespace: str, port: int, *, tls: bool =
     return f"{'https' if tls else 'http'}://{worker_name(beamline)}.{namespace}.svc:{port}"
 
 
-def labels(beamline: str) -> dict[str, str]:
+def labels(beamline: str, component: str = "worker") -> dict[str, str]:
+    """The labels of a Beamline's objects; `component` is "worker" or "tiled-writer"."""
     return {
-        "app.kubernetes.io/name": "kubesky-worker",
+        "app.kubernetes.io/name": f"kubesky-{component}",
         "app.kubernetes.io/instance": beamline,
-        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         f"{GROUP}/beamline": beamline,
     }
 
 
-def selector(beamline: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "kubesky-worker", "app.kubernetes.io/instance": beamline}
+def selector(beamline: str, component: str = "worker") -> dict[str, str]:
+    return {"app.kubernetes.io/name": f"kubesky-{component}", "app.kubernetes.io/instance": beamline}
+
+
+# The restricted Pod Security Standard, which every kubesky pod meets.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def owner_reference(beamline: str, uid: str) -> dict[str, Any]:
@@ -101,11 +120,12 @@ def owner_reference(beamline: str, uid: str) -> dict[str, Any]:
     }
 
 
-def _meta(name: str, namespace: str, beamline: str, uid: str) -> dict[str, Any]:
+def meta(name: str, namespace: str, beamline: str, uid: str, component: str = "worker") -> dict[str, Any]:
+    """metadata of an object the Beamline owns (deleted with it)."""
     return {
         "name": name,
         "namespace": namespace,
-        "labels": labels(beamline),
+        "labels": labels(beamline, component),
         "ownerReferences": [owner_reference(beamline, uid)],
     }
 
@@ -120,7 +140,7 @@ def token_secret(beamline: str, namespace: str, uid: str, token: str | None = No
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": _meta(token_secret_name(beamline), namespace, beamline, uid),
+        "metadata": meta(token_secret_name(beamline), namespace, beamline, uid),
         "data": {TOKEN_KEY: base64.b64encode(value.encode()).decode()},
     }
 
@@ -133,7 +153,7 @@ def tls_secret(
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
-        "metadata": _meta(tls_secret_name(beamline), namespace, beamline, uid),
+        "metadata": meta(tls_secret_name(beamline), namespace, beamline, uid),
         "data": tls_secret_data(cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem),
     }
 
@@ -192,7 +212,7 @@ def config_map(beamline: str, namespace: str, uid: str, config: WorkerConfig) ->
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(config_map_name(beamline), namespace, beamline, uid),
+        "metadata": meta(config_map_name(beamline), namespace, beamline, uid),
         "data": {CONFIG_KEY: config_yaml(config)},
     }
 
@@ -201,7 +221,7 @@ def service_account(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
     }
 
 
@@ -211,7 +231,7 @@ def role(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
         "rules": [
             {"apiGroups": [GROUP], "resources": ["planruns"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [GROUP], "resources": ["planruns/status"], "verbs": ["get", "patch"]},
@@ -231,7 +251,7 @@ def role_binding(beamline: str, namespace: str, uid: str, service_account_name: 
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",
@@ -246,7 +266,7 @@ def service(beamline: str, namespace: str, uid: str, port: int, *, tls: bool = T
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(beamline),
@@ -298,7 +318,7 @@ def network_policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
         "spec": {
             "podSelector": {"matchLabels": selector(beamline)},
             "policyTypes": ["Ingress"],
@@ -389,20 +409,14 @@ def deployment(
             "periodSeconds": 5,
             "timeoutSeconds": 3,
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": deepcopy(CONTAINER_SECURITY),
     }
     if spec.worker.resources:
         container["resources"] = spec.worker.resources
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
@@ -416,13 +430,7 @@ def deployment(
                     "serviceAccountName": sa,
                     "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": deepcopy(POD_SECURITY),
                     "containers": [container],
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": 30,

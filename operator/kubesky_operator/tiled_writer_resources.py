@@ -8,13 +8,22 @@ writing their status (`status.tiled`)."""
 from __future__ import annotations
 
 import hashlib
+from copy import deepcopy
 from typing import Any
 
 import yaml
 
 from .api import GROUP, BeamlineSpec, KafkaConfig
 from .api.tiled import TiledWriterConfig
-from .beamline_resources import KAFKA_CREDS_DIR, MANAGED_BY, RUN_AS, _dns_name, owner_reference
+from .beamline_resources import (
+    CONTAINER_SECURITY,
+    KAFKA_CREDS_DIR,
+    POD_SECURITY,
+    _dns_name,
+    labels,
+    meta,
+    selector,
+)
 
 CONFIG_DIR = "/etc/kubesky/tiled-writer"
 CONFIG_KEY = "config.yaml"
@@ -28,27 +37,7 @@ def writer_name(beamline: str) -> str:
     return _dns_name(beamline, "-tiled-writer")
 
 
-def labels(beamline: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "kubesky-tiled-writer",
-        "app.kubernetes.io/instance": beamline,
-        "app.kubernetes.io/component": "tiled-writer",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"{GROUP}/beamline": beamline,
-    }
-
-
-def selector(beamline: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "kubesky-tiled-writer", "app.kubernetes.io/instance": beamline}
-
-
-def _meta(beamline: str, namespace: str, uid: str) -> dict[str, Any]:
-    return {
-        "name": writer_name(beamline),
-        "namespace": namespace,
-        "labels": labels(beamline),
-        "ownerReferences": [owner_reference(beamline, uid)],
-    }
+COMPONENT = "tiled-writer"
 
 
 def writer_config(beamline: str, namespace: str, spec: BeamlineSpec) -> TiledWriterConfig:
@@ -81,7 +70,7 @@ def render(
 ) -> list[dict[str, Any]]:
     """The writer's objects in apply order (the Deployment last)."""
     assert spec.tiled is not None and spec.kafka is not None
-    meta = _meta(beamline, namespace, uid)
+    metadata = meta(writer_name(beamline), namespace, beamline, uid, COMPONENT)
     config = _config_yaml(writer_config(beamline, namespace, spec))
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": writer_name(beamline)}},
@@ -119,24 +108,18 @@ def render(
         "env": [{"name": "HOME", "value": "/tmp"}],
         "volumeMounts": mounts,
         "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": deepcopy(CONTAINER_SECURITY),
     }
     if spec.tiled.resources:
         container["resources"] = spec.tiled.resources
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
     return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CONFIG_KEY: config}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {CONFIG_KEY: config}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": meta,
+            "metadata": metadata,
             "rules": [
                 {"apiGroups": [GROUP], "resources": ["planruns"], "verbs": ["get"]},
                 {"apiGroups": [GROUP], "resources": ["planruns/status"], "verbs": ["patch"]},
@@ -145,7 +128,7 @@ def render(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": meta,
+            "metadata": metadata,
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "Role",
@@ -156,11 +139,11 @@ def render(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": meta,
+            "metadata": metadata,
             "spec": {
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector(beamline)},
+                "selector": {"matchLabels": selector(beamline, COMPONENT)},
                 "template": {
                     "metadata": {
                         "labels": labels(beamline),
@@ -170,13 +153,7 @@ def render(
                         "serviceAccountName": writer_name(beamline),
                         "automountServiceAccountToken": True,
                         "enableServiceLinks": False,
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": RUN_AS,
-                            "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
+                        "securityContext": deepcopy(POD_SECURITY),
                         "containers": [container],
                         "volumes": volumes,
                         "terminationGracePeriodSeconds": 30,

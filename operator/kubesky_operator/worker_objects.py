@@ -156,11 +156,7 @@ async def apply_worker_objects(
     Returns the objects applied; with `missing_only`, only missing objects are created."""
     if spec.worker.endpoint:
         for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
-            path = resource_path(api_version, plural, namespace, worker_name(name))
-            existing = await api.get(path)
-            owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-            if any(o.get("uid") == uid for o in owners):
-                await api.delete(path)
+            await _delete_if_owned(api, resource_path(api_version, plural, namespace, worker_name(name)), uid)
         if spec.tiled is not None and (refused := await refusals(api, settings, namespace, spec)):
             raise NotAllowed(describe(refused))
         return await apply_tiled_writer(api, settings, name, namespace, uid, spec, missing_only=missing_only)
@@ -220,14 +216,18 @@ async def apply_tiled_writer(
     *,
     missing_only: bool = False,
 ) -> list[str]:
-    """The Beamline's Tiled writer (`tiled_writer_resources`) when spec.tiled is set; otherwise
+    """The Beamline's Tiled writer (`tiled_writer_resources`) when spec.tiled is set; otherwise its
     Deployment, if this Beamline owns one, is removed."""
     if spec.tiled is not None and spec.kafka is not None:
         objs = tiled_writer_resources.render(name, namespace, uid, spec, image=settings.worker_image)
         return await _apply(api, objs, uid, missing_only=missing_only)
     for api_version, kind in tiled_writer_resources.REMOVED_WITHOUT_TILED:
-        path = resource_path(api_version, PLURALS[kind], namespace, tiled_writer_resources.writer_name(name))
-        existing = await api.get_metadata(path)
-        if existing is not None and _owned(existing, uid):
-            await api.delete(path)
+        writer = tiled_writer_resources.writer_name(name)
+        await _delete_if_owned(api, resource_path(api_version, PLURALS[kind], namespace, writer), uid)
     return []
+
+
+async def _delete_if_owned(api: KubeApi, path: str, uid: str) -> None:
+    existing = await api.get_metadata(path)
+    if existing is not None and _owned(existing, uid):
+        await api.delete(path)

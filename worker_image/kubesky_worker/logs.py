@@ -5,6 +5,7 @@ reconnect attempt (thousands of lines a second were seen). One line per message 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -42,3 +43,12 @@ def limit_library_logs(prefix: str, interval: float = 10.0) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RateLimit) and f.prefix == prefix for f in handler.filters):
             handler.addFilter(RateLimit(prefix, interval))
+
+
+def configure(level_name: str) -> None:
+    """Log to stderr at `level_name` (INFO when unknown), as every kubesky process does."""
+    logging.basicConfig(
+        level=getattr(logging, level_name.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .auth import TokenSource
 from .config import ConfigError, check_tls, load_config
 
@@ -75,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level)
     logging.getLogger("bluesky").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = load_config(args.config)

@@ -3,9 +3,7 @@ are in tests/integration/conftest.py, shared with the GitOps tests."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,6 +11,7 @@ import yaml
 from kubernetes import client
 from kubesky_operator.api import GROUP, VERSION
 
+from tests.helpers.eventually import eventually
 from tests.helpers.worker_process import WorkerProcess
 from tests.integration.conftest import Beamline, apply_beamline
 
@@ -47,15 +46,7 @@ def get_pr(api, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}; last: {last!r}"
-        time.sleep(interval)
+wait_for = eventually  # the name these tests know it by
 
 
 def wait_phase(

@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 from kubesky_operator.api import GROUP, VERSION
 
+from tests.helpers.eventually import eventually as wait_for
 from tests.helpers.kafka_docs import read_range
 from tests.helpers.tiled_writer_process import WriterProcess, writer_config, writer_process
 from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
@@ -32,16 +33,6 @@ from tests.integration.worker.test_worker_e2e import (
 
 PLURAL = "planruns"
 DOC = Path(__file__).resolve().parents[3] / "docs" / "consuming-documents.md"
-
-
-def wait_for(what: str, fn, timeout: float = 60.0, interval: float = 0.1, diag=lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{diag()}"
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ deferred while a run is active."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 
 from tests.helpers.configmap_volume import project
+from tests.helpers.eventually import eventually
 from tests.helpers.worker_process import EXAMPLE_PLANS, sim_config, worker_process
 
 HELLO = '''
@@ -42,13 +42,7 @@ raise ImportError("missing dependency for this beamline")
 
 
 def wait_for(fn, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return eventually(what, fn, timeout)
 
 
 def test_hot_reload_from_configmap_swap(tmp_path):

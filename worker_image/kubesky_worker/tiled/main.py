@@ -18,6 +18,7 @@ from kubesky_operator.api.tiled import TiledWriterConfig
 from prometheus_client import start_http_server
 
 from ..config import ConfigError, load_config
+from ..logs import configure as configure_logs
 from ..logs import limit_library_logs
 from .metrics import WriterMetrics
 from .report import StatusReporter
@@ -48,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="writer configuration file (YAML)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logs(args.log_level)
     limit_library_logs("tiled")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
