@@ -1,5 +1,5 @@
-"""docs/operations.md lists exactly the metrics the operator and the worker export, and its alert
-rules use only those."""
+"""docs/operations.md lists exactly the metrics the operator, the worker and the Tiled writer
+export, and its alert rules use only those."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 
 from kubesky_operator import metrics as operator_metrics
 from kubesky_worker.metrics import Metrics
+from kubesky_worker.tiled.metrics import WriterMetrics
 from prometheus_client import REGISTRY
 
 from tests.infra.services import REPO_ROOT
@@ -21,7 +22,7 @@ def _family(name: str) -> str:
 def _exported() -> dict[str, str]:
     assert operator_metrics.QUEUE_DEPTH is not None  # the operator's metrics are registered on import
     families = {}
-    for registry in (REGISTRY, Metrics().registry):
+    for registry in (REGISTRY, Metrics().registry, WriterMetrics().registry):
         for metric in registry.collect():
             if metric.name.startswith("kubesky_"):
                 families[_family(metric.name)] = metric.type
