@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from .api import Condition, ConditionStatus, Phase, RunRecord, health_conditions, set_condition
+from .api.common import stored_conditions
 from .api.limits import bounded
+from .api.planrun import SUCCEEDED_CONDITION, succeeded_condition
+from .api.worker_api import record_conditions, record_status
 from .queue import RunView
 
-SUCCEEDED = "Succeeded"
+SUCCEEDED = SUCCEEDED_CONDITION
 BEAMLINE_NOT_FOUND = "BeamlineNotFound"
 BEAMLINE_DELETED = "BeamlineDeleted"
 
@@ -41,13 +42,7 @@ def parse_rfc3339(value: Any) -> float | None:
 
 
 def _conditions(run: RunView) -> list[Condition]:
-    out = []
-    for raw in run.status.get("conditions") or ():
-        try:
-            out.append(Condition.model_validate(raw))
-        except ValidationError:
-            continue
-    return out
+    return stored_conditions(run.status)
 
 
 def _dump(conditions: list[Condition]) -> list[dict[str, Any]]:
@@ -146,45 +141,17 @@ def finished(run: RunView, phase: Phase, reason: str, message: str) -> dict[str,
 def final_condition(run: RunView) -> dict[str, Any]:
     """The Succeeded condition made True/False for a terminal run the worker finished."""
     phase = run.phase
-    reason = run.status.get("reason") or (phase.value if phase else "Unknown")
     message = run.status.get("message") or ""
-    if phase == Phase.SUCCEEDED:
-        status, reason = ConditionStatus.TRUE, "Succeeded"
-    else:
-        status = ConditionStatus.FALSE
+    status, reason = succeeded_condition(phase or Phase.FAILED, run.status.get("reason"))
     conds = _set(_conditions(run), run, SUCCEEDED, status, reason, message)
     return {"status": {"conditions": _dump(_health(conds, run, phase, run.status.get("reason"), message))}}
 
 
 def from_record(run: RunView, rec: RunRecord) -> dict[str, Any]:
-    """Copy the worker's record of a run into the status (a worker write was lost)."""
-    status: dict[str, Any] = {
-        "phase": rec.phase.value,
-        "queuePosition": None,
-        "runUids": rec.run_uids,
-        "documents": rec.documents,
-        "observedGeneration": run.generation,
-    }
-    wire = rec.wire()
-    for key in (
-        "progress",
-        "exitStatus",
-        "reason",
-        "message",
-        "planSetHash",
-        "kafka",
-        "startTime",
-        "completionTime",
-        "worker",
-    ):
-        if key in wire:
-            status[key] = wire[key]
-    if rec.phase == Phase.SUCCEEDED:
-        cond = (ConditionStatus.TRUE, "Succeeded")
-    elif rec.phase in (Phase.RUNNING, Phase.PAUSED, Phase.DISPATCHED):
-        cond = (ConditionStatus.UNKNOWN, rec.phase.value)
-    else:
-        cond = (ConditionStatus.FALSE, rec.reason or rec.phase.value)
-    conds = _set(_conditions(run), run, SUCCEEDED, cond[0], cond[1], rec.message or "")
-    status["conditions"] = _dump(_health(conds, run, rec.phase, rec.reason, rec.message))
+    """Copy the worker's record of a run into the status (a worker write was lost): the fields
+    and conditions the worker itself writes (`record_status`, `record_conditions`)."""
+    status = record_status(rec)
+    status["queuePosition"] = None
+    status["observedGeneration"] = run.generation
+    status["conditions"] = _dump(record_conditions(_conditions(run), rec, run.generation or None))
     return {"status": status}

@@ -21,24 +21,21 @@ from kubesky_operator.api import (
     GROUP,
     VERSION,
     Condition,
-    ConditionStatus,
     Delivery,
     KubeConfig,
     Phase,
     RunRecord,
-    delivery_condition,
-    health_conditions,
     may_transition,
-    set_condition,
 )
+from kubesky_operator.api.common import stored_conditions
 from kubesky_operator.api.planrun import PLURAL, TERMINAL_PHASES
+from kubesky_operator.api.worker_api import record_conditions, record_delivery, record_status
 
 from .metrics import Metrics
 from .runs import Run
 
 log = logging.getLogger(__name__)
 
-SUCCEEDED = "Succeeded"
 PROGRESS_INTERVAL = 0.5  # seconds between progress patches of one run (<= 2/s)
 MAX_BACKOFF = 10.0
 
@@ -58,22 +55,16 @@ def make_api_client(kube: KubeConfig) -> Any:
     return client.ApiClient(cfg)
 
 
-def _condition_for(phase: Phase) -> tuple[ConditionStatus, str]:
-    if phase == Phase.SUCCEEDED:
-        return ConditionStatus.TRUE, "Succeeded"
-    if phase in TERMINAL_PHASES:
-        return ConditionStatus.FALSE, phase.value
-    return ConditionStatus.UNKNOWN, phase.value
-
-
 def _conditions(obj: dict[str, Any]) -> list[Condition]:
-    return [Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions") or []]
+    return stored_conditions(obj.get("status"))
 
 
-def with_delivery(conditions: list[Condition], record: RunRecord, generation: int | None) -> list[Condition]:
-    return delivery_condition(
-        conditions, record.delivery, generation, delivered="Kafka acknowledged the documents that waited"
-    )
+def phase_status(obj: dict[str, Any], record: RunRecord) -> dict[str, Any]:
+    """The patch that moves the PlanRun `obj` (as last seen) to `record`'s phase."""
+    generation = obj.get("metadata", {}).get("generation")
+    status = record_status(record)
+    status["conditions"] = [c.wire() for c in record_conditions(_conditions(obj), record, generation)]
+    return {"status": status}
 
 
 @dataclass
@@ -192,7 +183,7 @@ class StatusWriter:
             if record.phase != e.written_phase:
                 self._write_phase(api, e, record)
             else:
-                body = self._status_body(record, include_phase=False, counters_only=e.foreign)
+                body = {"status": record_status(record, phase=False, counters_only=e.foreign)}
                 if record.delivery != e.written_delivery:
                     obj = e.seen or api.get_namespaced_custom_object_status(
                         GROUP,
@@ -201,7 +192,7 @@ class StatusWriter:
                         PLURAL,
                         run.planrun.name,  # type: ignore[union-attr]
                     )
-                    conditions = with_delivery(
+                    conditions = record_delivery(
                         _conditions(obj), record, obj.get("metadata", {}).get("generation")
                     )
                     body["status"]["conditions"] = [c.wire() for c in conditions]
@@ -249,19 +240,10 @@ class StatusWriter:
                 )
                 # someone else moved it further (e.g. Cancelled): write the counters only
                 e.foreign = True
-                self._patch(api, e, self._status_body(record, include_phase=False, counters_only=True))
+                self._patch(api, e, {"status": record_status(record, counters_only=True)})
                 e.written_phase = record.phase
                 return
-            generation = obj.get("metadata", {}).get("generation")
-            status, reason = _condition_for(record.phase)
-            msg = record.message or ""
-            conditions = set_condition(
-                _conditions(obj), SUCCEEDED, status, reason, msg, observed_generation=generation
-            )
-            conditions = health_conditions(conditions, record.phase, record.reason, msg, generation)
-            conditions = with_delivery(conditions, record, generation)
-            body = self._status_body(record, include_phase=True)
-            body["status"]["conditions"] = [c.wire() for c in conditions]
+            body = phase_status(obj, record)
             body["metadata"] = {"resourceVersion": rv}
             try:
                 self._patch(api, e, body)
@@ -272,19 +254,6 @@ class StatusWriter:
             e.written_phase = record.phase
             return
         raise RuntimeError("too many conflicts writing the phase")
-
-    def _status_body(self, record: Any, include_phase: bool, counters_only: bool = False) -> dict[str, Any]:
-        wire = record.wire()
-        status: dict[str, Any] = {}
-        keys = ["runUids", "scanIds", "documents", "progress", "planSetHash", "kafka", "worker"]
-        if not counters_only:
-            keys += ["startTime", "completionTime", "exitStatus", "reason", "message"]
-        for key in keys:
-            if key in wire:
-                status[key] = wire[key]
-        if include_phase:
-            status["phase"] = wire["phase"]
-        return {"status": status}
 
     def _patch(self, api: Any, e: _Entry, body: dict[str, Any]) -> None:
         ref = e.run.planrun

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubesky.io"
@@ -51,6 +51,18 @@ class Condition(ApiModel):
 def now() -> datetime:
     """The current time, UTC, truncated to seconds as Kubernetes timestamps are."""
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def stored_conditions(status: dict | None) -> list[Condition]:
+    """The valid conditions of a stored status: one edited by hand into something invalid is
+    dropped (and so rewritten), never fatal to whoever writes the status next."""
+    out: list[Condition] = []
+    for raw in (status or {}).get("conditions") or ():
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue
+    return out
 
 
 def set_condition(

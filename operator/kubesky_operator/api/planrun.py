@@ -61,6 +61,21 @@ _AS_ASKED = {
 }
 
 
+SUCCEEDED_CONDITION = "Succeeded"
+
+
+def succeeded_condition(phase: Phase | str, reason: str | None = None) -> tuple[ConditionStatus, str]:
+    """The Succeeded condition of a PlanRun in `phase`: True when it succeeded; False, with the
+    status's reason (PlanFailed, WorkerLost, ...) or else the phase, when it ended otherwise;
+    Unknown, named after the phase, while it is on its way."""
+    p = Phase(phase)
+    if p == Phase.SUCCEEDED:
+        return ConditionStatus.TRUE, "Succeeded"
+    if p in TERMINAL_PHASES:
+        return ConditionStatus.FALSE, reason or p.value
+    return ConditionStatus.UNKNOWN, p.value
+
+
 def health_conditions(
     conditions: list[Condition],
     phase: Phase | str | None,

@@ -11,7 +11,14 @@ from pydantic import Field
 from .beamline import DOCUMENTS_DELIVERED, DeviceInfo, PlanInfo
 from .common import ApiModel, Condition, ConditionStatus, set_condition
 from .limits import bounded
-from .planrun import KafkaRange, Phase, Progress
+from .planrun import (
+    SUCCEEDED_CONDITION,
+    KafkaRange,
+    Phase,
+    Progress,
+    health_conditions,
+    succeeded_condition,
+)
 
 API_PREFIX = "/v1"
 
@@ -108,6 +115,38 @@ class RunRecord(ApiModel):
     worker: str | None = None
     delivery: Delivery | None = Field(
         default=None, description="Set while documents of the run wait for Kafka; none once delivered."
+    )
+
+
+# The status fields a RunRecord carries; the first group only grows while a run goes on.
+RECORD_COUNTERS = ("runUids", "scanIds", "documents", "progress", "planSetHash", "kafka", "worker")
+RECORD_OUTCOME = ("startTime", "completionTime", "exitStatus", "reason", "message")
+
+
+def record_status(rec: RunRecord, *, phase: bool = True, counters_only: bool = False) -> dict[str, Any]:
+    """The PlanRun status fields a worker's record of a run gives: what the worker writes, and
+    what the operator copies when a worker write was lost. Conditions: `record_conditions`."""
+    wire = rec.wire()
+    keys = RECORD_COUNTERS if counters_only else RECORD_COUNTERS + RECORD_OUTCOME
+    status = {k: wire[k] for k in keys if k in wire}
+    if phase and not counters_only:
+        status["phase"] = wire["phase"]
+    return status
+
+
+def record_conditions(conditions: list[Condition], rec: RunRecord, generation: int | None) -> list[Condition]:
+    """`conditions` with Succeeded, the health conditions and DocumentsDelivered as `rec` says."""
+    status, reason = succeeded_condition(rec.phase, rec.reason)
+    message = rec.message or ""
+    conditions = set_condition(conditions, SUCCEEDED_CONDITION, status, reason, bounded(message), generation)
+    conditions = health_conditions(conditions, rec.phase, rec.reason, message, generation)
+    return record_delivery(conditions, rec, generation)
+
+
+def record_delivery(conditions: list[Condition], rec: RunRecord, generation: int | None) -> list[Condition]:
+    """`conditions` with the run's DocumentsDelivered as `rec` says."""
+    return delivery_condition(
+        conditions, rec.delivery, generation, delivered="Kafka acknowledged the documents that waited"
     )
 
 
