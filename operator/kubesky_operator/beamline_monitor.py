@@ -30,6 +30,7 @@ from .beamline_policy import NOT_ALLOWED, Refusal, describe, refusals
 from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
 from .kubeapi import ApiError, resource_path
 from .metrics import API_WRITES, WORKER_ERRORS
+from .planrun_status import now_rfc3339
 from .worker_objects import NotAllowed, ObjectNotApplied, apply_worker_objects
 from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
 
@@ -233,7 +234,7 @@ class BeamlineMonitor:
             if state.plan_set_hash != self._plans_hash:
                 catalogue = await self.client.plans()
                 if self._plans_hash is not None:
-                    self._plan_set_changed = _now()
+                    self._plan_set_changed = now_rfc3339()
                 self._plans = catalogue.plans
                 self.plan_names = frozenset(p.name for p in catalogue.plans)
                 self._plans_hash = catalogue.plan_set_hash
@@ -406,12 +407,6 @@ class BeamlineMonitor:
                 kind="Beamline",
                 warning=wanted.get("phase") == "Degraded",
             )
-
-
-def _now() -> str:
-    from .planrun_status import now_rfc3339
-
-    return now_rfc3339()
 
 
 def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .api import Condition, ConditionStatus, Phase, RunRecord, health_conditions, set_condition
-from .api.common import stored_conditions
+from .api.common import now, stored_conditions
 from .api.limits import bounded
 from .api.planrun import SUCCEEDED_CONDITION, succeeded_condition
 from .api.worker_api import record_conditions, record_status
@@ -21,7 +21,7 @@ RFC3339 = "%Y-%m-%dT%H:%M:%SZ"  # what the apiserver writes for a metav1.Time
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime(RFC3339)
+    return now().strftime(RFC3339)
 
 
 def rfc3339(epoch: float) -> str:

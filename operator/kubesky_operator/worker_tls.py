@@ -19,7 +19,7 @@ import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .api.common import now as current_time
 from .beamline_resources import MANAGED_BY, worker_name
 from .kubeapi import ApiError, KubeApi, resource_path
 from .settings import OperatorSettings
@@ -46,10 +47,6 @@ CLOCK_SKEW = timedelta(minutes=5)  # certificates are valid from a little before
 
 class CAUnusable(Exception):
     """The CA's Secret or directory exists but does not hold a usable CA (never overwritten)."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -87,7 +84,7 @@ class CertificateAuthority:
     def generate(
         cls, common_name: str = "kubesky worker CA", *, now: datetime | None = None
     ) -> CertificateAuthority:
-        now = now or _now()
+        now = now or current_time()
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -156,7 +153,7 @@ class CertificateAuthority:
         days: int = CERT_DAYS,
     ) -> tuple[bytes, bytes]:
         """A serving certificate for `dns_names` signed by this CA, and its new key (both PEM)."""
-        now = now or _now()
+        now = now or current_time()
         key = ec.generate_private_key(ec.SECP256R1())
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         cert = (
@@ -216,7 +213,7 @@ class CertificateAuthority:
         renew_before: timedelta = RENEW_BEFORE,
     ) -> str | None:
         """Why a worker's certificate must be reissued, or None while it is good."""
-        now = now or _now()
+        now = now or current_time()
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
             key = serialization.load_pem_private_key(key_pem, password=None)

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 from kubesky_operator.api import FieldError, LoadError, PlanConfig, PlanInfo
+from kubesky_operator.api.common import now
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +44,6 @@ from .modules import (
     python_files,
     sources_hash,
 )
-from .runs import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -710,7 +710,7 @@ def load_plan_set(config: PlanConfig) -> PlanSet:
                             file=str(src.path), line=line, message=f"plan {name}: {type(exc).__name__}: {exc}"
                         )
                     )
-    return PlanSet(hash=digest, plans=plans, loaded_at=utcnow(), errors=errors)
+    return PlanSet(hash=digest, plans=plans, loaded_at=now(), errors=errors)
 
 
 class PlanManager:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kubesky_operator.api import Delivery, KafkaRange, Phase, PlanRunRef, Progress, RunRecord, may_transition
+from kubesky_operator.api.common import now
 from kubesky_operator.api.limits import bounded
 from kubesky_operator.api.planrun import TERMINAL_PHASES
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class Run:
@@ -99,9 +96,9 @@ class Run:
             if message is not None:
                 self.message = bounded(message)
             if phase == Phase.RUNNING and self.start_time is None:
-                self.start_time = utcnow()
+                self.start_time = now()
             if phase in TERMINAL_PHASES:
-                self.completion_time = self.completion_time or utcnow()
+                self.completion_time = self.completion_time or now()
                 if self.start_time is None:
                     self.start_time = self.completion_time
             self.version += 1

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from kubesky_operator.api import GROUP, VERSION, KubeConfig
+from kubesky_operator.api.common import now
 from kubesky_operator.api.planrun import PLURAL
 from kubesky_operator.api.tiled import TiledRun, TiledStatus, overall_state
 
@@ -119,7 +119,7 @@ class StatusReporter:
         status = TiledStatus(
             state=overall_state([r.state for r in merged.values()]),
             runs=list(merged.values()),
-            update_time=datetime.now(UTC).replace(microsecond=0),
+            update_time=now(),
         )
         self._api.patch_namespaced_custom_object_status(
             GROUP,
