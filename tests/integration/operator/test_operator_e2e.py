@@ -12,6 +12,7 @@ import httpx
 import pytest
 from kubesky_operator.api import GROUP, VERSION
 from kubesky_operator.queue import FINALIZER
+from kubesky_operator.settings import OperatorSettings
 
 from tests.helpers.kafka_docs import read_range, validate_documents
 from tests.helpers.metrics import sample_sum
@@ -31,6 +32,8 @@ from .conftest import (
 pytestmark = pytest.mark.timeout(180)
 
 SLOW = {"detectors": ["det"], "num": 200, "delay": 0.1}  # ~20 s, checkpoint at every point
+
+WORKER_LOST_GRACE = OperatorSettings.model_fields["worker_lost_grace_seconds"].default  # the fixture keeps it
 
 
 def quick(num: int = 1) -> dict:
@@ -582,7 +585,7 @@ def test_token_rotation_mid_run_loses_nothing(cluster, api, namespace, operator,
 
     wait_for("the Beamline shows the worker refusing the operator's token", refused, 30)
     assert operator.metric("kubesky_operator_worker_errors_total", {"beamline": "rot"}) > 0
-    time.sleep(8.0)  # longer than the WorkerLost grace (6 s)
+    time.sleep(WORKER_LOST_GRACE + 2)  # past the WorkerLost grace: a refused token is not a lost worker
     assert get_pr(api, namespace, name)["status"]["phase"] == "Running"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rot-token"}}
     kubectl_apply(cluster, namespace, {**secret, "stringData": {"token": new_token}})

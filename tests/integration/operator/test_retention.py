@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from kubesky_operator.planrun_status import parse_rfc3339
 
 from tests.helpers.kafka_docs import read_range
 
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.timeout(240)
 
 TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted", "Rejected", "Cancelled"}
 SECONDS_EACH = {"detectors": ["det"], "num": 3, "delay": 0.4}  # finished a second or more apart
+
+SHORT_TTL = 6  # seconds
 
 
 def kept(manifest: dict) -> dict:
@@ -83,7 +86,7 @@ def test_ttl_deletes_after_its_time_even_across_an_operator_restart(
     beamlines("sim", retention={"ttlSecondsAfterFinished": 3600})
     quick = {"detectors": ["det"]}
     run = planrun_manifest("short", "sim", "count", quick)
-    run["spec"]["ttlSecondsAfterFinished"] = 6
+    run["spec"]["ttlSecondsAfterFinished"] = SHORT_TTL
     forever = kept(planrun_manifest("kept", "sim", "count", quick))
     forever["spec"]["ttlSecondsAfterFinished"] = 0
     kubectl_apply(cluster, namespace, run, forever, planrun_manifest("default-ttl", "sim", "count", quick))
@@ -98,7 +101,7 @@ def test_ttl_deletes_after_its_time_even_across_an_operator_restart(
     completed = get_pr(api, namespace, "short")["status"]["completionTime"]
     assert short_after > completed and default_after > short_after
     operator.kill()  # the deletion is due while the operator is away
-    time.sleep(8)
+    time.sleep(max(0.0, parse_rfc3339(short_after) - time.time()) + 2)
     assert get_pr(api, namespace, "short") is not None
     operator.start()
     wait_for("the TTL deletion after the restart", lambda: get_pr(api, namespace, "short") is None, 30, 0.3)

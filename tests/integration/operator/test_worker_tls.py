@@ -29,6 +29,7 @@ from kubesky_operator.worker_tls import CertificateAuthority, worker_dns_names
 from tests.helpers.beamlines import external_beamline
 from tests.helpers.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 from tests.helpers.worker_process import WorkerProcess, sim_config
+from tests.integration.conftest import WORKER_OBJECTS_RESYNC
 
 from .conftest import kubectl_apply, new_name, planrun_manifest, wait_for, wait_phase
 
@@ -205,7 +206,7 @@ def test_in_cluster_beamline_gets_its_tls_secret_and_network_policy(
         30,
     )
 
-    # A certificate close to its expiry is reissued in place (the resync runs every 2 s here).
+    # A certificate close to its expiry is reissued in place (by the resync, every few seconds here).
     soon_pem, soon_key = ca.issue("tls-worker", names, days=10)
     cluster.kubectl(
         "patch", "secret", "tls-worker-tls", "-n", namespace, "--type", "merge", "-p",
@@ -224,7 +225,7 @@ def test_in_cluster_beamline_gets_its_tls_secret_and_network_policy(
     current = secret_data(cluster, namespace, "tls-worker-tls")
     op.stop()
     op.start()
-    time.sleep(5)  # a resume pass and two resync passes
+    time.sleep(2 * WORKER_OBJECTS_RESYNC + 1)  # a resume pass and two resync passes: nothing reissued
     assert secret_data(cluster, OPERATOR_NAMESPACE, CA_SECRET) == ca_data
     assert secret_data(cluster, namespace, "tls-worker-tls") == current
 
