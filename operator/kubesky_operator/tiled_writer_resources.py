@@ -115,7 +115,7 @@ def render(
     config_hash = hashlib.sha256(config.encode()).hexdigest()[:16]
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {CONFIG_KEY: config}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -146,7 +146,7 @@ def render(
                 "selector": {"matchLabels": selector(beamline, COMPONENT)},
                 "template": {
                     "metadata": {
-                        "labels": labels(beamline),
+                        "labels": labels(beamline, COMPONENT),
                         "annotations": {f"{GROUP}/config-hash": config_hash},
                     },
                     "spec": {
