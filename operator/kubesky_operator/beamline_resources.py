@@ -413,21 +413,46 @@ def deployment(
     }
     if spec.worker.resources:
         container["resources"] = spec.worker.resources
+    return single_pod_deployment(
+        meta(worker_name(beamline), namespace, beamline, uid),
+        beamline,
+        "worker",
+        service_account=sa,
+        config_hash=config_hash,
+        container=container,
+        volumes=volumes,
+    )
+
+
+def single_pod_deployment(
+    metadata: dict[str, Any],
+    beamline: str,
+    component: str,
+    *,
+    service_account: str,
+    config_hash: str,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A Deployment of one of a Beamline's pods: one replica, replaced with Recreate (two would
+    race on the beamline), its pods labelled for `component`, restricted security, the
+    ServiceAccount's token mounted, no service links. `config_hash` rolls it when its config
+    changes."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(worker_name(beamline), namespace, beamline, uid),
+        "metadata": metadata,
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": selector(beamline)},
+            "selector": {"matchLabels": selector(beamline, component)},
             "template": {
                 "metadata": {
-                    "labels": labels(beamline),
+                    "labels": labels(beamline, component),
                     "annotations": {f"{GROUP}/config-hash": config_hash},
                 },
                 "spec": {
-                    "serviceAccountName": sa,
+                    "serviceAccountName": service_account,
                     "automountServiceAccountToken": True,
                     "enableServiceLinks": False,
                     "securityContext": deepcopy(POD_SECURITY),

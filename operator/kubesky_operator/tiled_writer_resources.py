@@ -15,15 +15,7 @@ import yaml
 
 from .api import GROUP, BeamlineSpec, KafkaConfig
 from .api.tiled import TiledWriterConfig
-from .beamline_resources import (
-    CONTAINER_SECURITY,
-    KAFKA_CREDS_DIR,
-    POD_SECURITY,
-    _dns_name,
-    labels,
-    meta,
-    selector,
-)
+from .beamline_resources import CONTAINER_SECURITY, KAFKA_CREDS_DIR, _dns_name, meta, single_pod_deployment
 
 CONFIG_DIR = "/etc/kubesky/tiled-writer"
 CONFIG_KEY = "config.yaml"
@@ -136,31 +128,15 @@ def render(
             },
             "subjects": [{"kind": "ServiceAccount", "name": writer_name(beamline), "namespace": namespace}],
         },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata,
-            "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": selector(beamline, COMPONENT)},
-                "template": {
-                    "metadata": {
-                        "labels": labels(beamline, COMPONENT),
-                        "annotations": {f"{GROUP}/config-hash": config_hash},
-                    },
-                    "spec": {
-                        "serviceAccountName": writer_name(beamline),
-                        "automountServiceAccountToken": True,
-                        "enableServiceLinks": False,
-                        "securityContext": deepcopy(POD_SECURITY),
-                        "containers": [container],
-                        "volumes": volumes,
-                        "terminationGracePeriodSeconds": 30,
-                    },
-                },
-            },
-        },
+        single_pod_deployment(
+            metadata,
+            beamline,
+            COMPONENT,
+            service_account=writer_name(beamline),
+            config_hash=config_hash,
+            container=container,
+            volumes=volumes,
+        ),
     ]
 
 
