@@ -14,17 +14,16 @@ from kubesky_operator.api import GROUP, RUN_KEY_LABEL, VERSION
 from kubesky_operator.api.plan_sources import configmaps_plan_set_hash
 
 from tests.helpers.configmap_volume import project
-from tests.helpers.worker_process import WorkerProcess, sim_config
 from tests.infra.services import REPO_ROOT
-from tests.integration.conftest import Beamline, apply_beamline
+from tests.integration.conftest import Beamline
 from tests.integration.operator.conftest import get_pr, planrun_manifest, wait_for, wait_phase, worker_history
 from tests.integration.operator.test_plan_rollout import (
     BASE,
     CONFIGMAP,
     INCLUDE,
     MODULES,
+    configmap_plans_beamline,
     plan,
-    wait_beamline,
     waiting_for_plans,
 )
 
@@ -269,28 +268,11 @@ def plans_beamline(cluster, namespace, kafka, worker_kubeconfig, tmp_path) -> tu
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIGMAP}, "data": data}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(cm))
     project(plans_dir, data)
-    name = "plans"
-    topic = f"{namespace}.{name}.bluesky.runengine.documents"
-    cfg = sim_config(
-        name,
-        kafka=kafka.bootstrap,
-        topic=topic,
-        kubeconfig=worker_kubeconfig,
-        plan_dirs=[plans_dir],
-        plan_modules=MODULES,
-        include=INCLUDE,
-    )
-    worker = WorkerProcess(cfg, tmp_path / "worker").start()
-    bl = Beamline(name, namespace, topic, worker)
-    apply_beamline(
-        cluster, bl, plans={"configMaps": [{"name": CONFIGMAP}], "modules": MODULES, "include": INCLUDE}
-    )
-    try:
-        first = configmaps_plan_set_hash([data], MODULES, INCLUDE)
-        wait_beamline(cluster, namespace, name, lambda st: st.get("planSetHash") == first)
+    first = configmaps_plan_set_hash([data], MODULES, INCLUDE)
+    with configmap_plans_beamline(
+        cluster, namespace, kafka, worker_kubeconfig, tmp_path, "plans", plans_dir, first
+    ) as bl:
         yield bl, plans_dir
-    finally:
-        worker.stop(timeout=5)
 
 
 def test_a_plan_and_a_run_using_it_in_one_commit(api, core, cluster, namespace, gitops, plans_beamline):

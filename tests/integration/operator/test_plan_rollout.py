@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,12 +78,19 @@ class Rollout:
         return configmaps_plan_set_hash([data], MODULES, INCLUDE)
 
 
-@pytest.fixture
-def rollout_beamline(cluster, namespace, kafka, worker_kubeconfig, operator, tmp_path):
-    plans_dir = tmp_path / "plans"
-    rollout = Rollout(cluster, namespace, plans_dir)
-    first_hash = rollout.apply({"base.py": BASE})
-    name = "rollout"
+@contextmanager
+def configmap_plans_beamline(
+    cluster,
+    namespace: str,
+    kafka,
+    worker_kubeconfig,
+    workdir: Path,
+    name: str,
+    plans_dir: Path,
+    first_hash: str,
+) -> Iterator[Beamline]:
+    """A beamline whose worker serves `plans_dir`, into which the test projects CONFIGMAP (no kubelet
+    here), and bluesky's count; yielded once the Beamline shows the plan set `first_hash`."""
     topic = f"{namespace}.{name}.bluesky.runengine.documents"
     cfg = sim_config(
         name,
@@ -92,16 +101,27 @@ def rollout_beamline(cluster, namespace, kafka, worker_kubeconfig, operator, tmp
         plan_modules=MODULES,
         include=INCLUDE,
     )
-    worker = WorkerProcess(cfg, tmp_path / "worker").start()
-    bl = Beamline(name, namespace, topic, worker)
-    apply_beamline(
-        cluster, bl, plans={"configMaps": [{"name": CONFIGMAP}], "modules": MODULES, "include": INCLUDE}
-    )
+    worker = WorkerProcess(cfg, workdir / "worker").start()
     try:
+        bl = Beamline(name, namespace, topic, worker)
+        apply_beamline(
+            cluster, bl, plans={"configMaps": [{"name": CONFIGMAP}], "modules": MODULES, "include": INCLUDE}
+        )
         wait_beamline(cluster, namespace, name, lambda st: st.get("planSetHash") == first_hash)
-        yield bl, rollout
+        yield bl
     finally:
         worker.stop(timeout=5)
+
+
+@pytest.fixture
+def rollout_beamline(cluster, namespace, kafka, worker_kubeconfig, operator, tmp_path):
+    plans_dir = tmp_path / "plans"
+    rollout = Rollout(cluster, namespace, plans_dir)
+    first_hash = rollout.apply({"base.py": BASE})
+    with configmap_plans_beamline(
+        cluster, namespace, kafka, worker_kubeconfig, tmp_path, "rollout", plans_dir, first_hash
+    ) as bl:
+        yield bl, rollout
 
 
 def beamline_status(cluster, namespace: str, name: str) -> dict:
