@@ -107,7 +107,12 @@ class Counters:
 
 
 class RunBook:
-    def __init__(self, store: TiledStore, on_finished: Callable[[Finished], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: TiledStore,
+        on_finished: Callable[[Finished], None] | None = None,
+        on_started: Callable[[OpenRun], None] | None = None,
+    ) -> None:
         self.store = store
         self.ledger = Ledger()
         self.open: dict[str, OpenRun] = {}
@@ -115,6 +120,7 @@ class RunBook:
         self.counters = Counters()
         self._owner: dict[str, str] = {}  # descriptor / resource / stream resource uid -> run uid
         self._on_finished = on_finished or (lambda f: None)
+        self._on_started = on_started or (lambda r: None)
         self._orphans_logged: set[str] = set()
         self._given_up: OrderedDict[str, None] = OrderedDict()
 
@@ -193,6 +199,7 @@ class RunBook:
         run.documents = 1
         run.produced = produced
         self.counters.documents += 1
+        self._on_started(run)
 
     def _run_of(self, key: bytes | None, name: str, doc: dict[str, Any]) -> str | None:
         # The worker keys every record by its run's start uid; other producers may not.

@@ -27,7 +27,7 @@ from kubesky_operator.api.planrun import TERMINAL_PHASES
 from kubesky_operator.api.tiled import TiledRun, TiledState, TiledWriterConfig
 
 from ..publisher import connection_kwargs
-from .book import Finished, RunBook
+from .book import Finished, OpenRun, RunBook
 from .metrics import WriterMetrics
 from .report import StatusReporter
 from .sink import InTiled, RunSink, delete_run, run_in_tiled
@@ -99,6 +99,8 @@ class TiledWriterService:
         self._oldest_unflushed: float | None = None
         self._last_progress: dict[str, float] = {}
         self._reported_state: dict[str, TiledState] = {}
+        self._synced: dict[tuple[Any, str], int] = {}
+        self._synced_documents = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -183,7 +185,9 @@ class TiledWriterService:
             client = await self._wait_for_tiled(consumer, tps)
             if client is None:
                 return
-            self.book = RunBook(ClientStore(client, self.config), on_finished=self._finished)
+            self.book = RunBook(
+                ClientStore(client, self.config), on_started=self._started, on_finished=self._finished
+            )
             log.info(
                 "writing %s (%d partitions, group %s) into %s",
                 self.topic,
@@ -218,35 +222,42 @@ class TiledWriterService:
             if now - last_check >= CLOSE_OUT_CHECK_SECONDS:
                 last_check = now
                 await self._close_out_stale(consumer)
+            self._sync_metrics()
 
     def _handle(self, batches: dict[Any, list[Any]]) -> None:
         assert self.book is not None
-        before = self.book.counters.documents
         for tp, records in batches.items():
             for rec in records:
                 produced = (rec.timestamp or 0) / 1000
                 decoded = _decode(rec.value)
                 if decoded is None:
                     self.book.undecodable(tp.partition, rec.offset)
-                    self.metrics.dropped.labels("undecodable").inc()
                     continue
-                name, doc = decoded
-                c = self.book.counters
-                dup, orph, skipped, rewritten = c.duplicates, c.orphans, c.runs_skipped, c.runs_rewritten
-                abandoned, given_up = c.abandoned, c.runs_given_up
-                opened = name == "start" and doc.get("uid") not in self.book.open
-                self.book.handle(tp.partition, rec.offset, rec.key, name, doc, produced)
-                self.metrics.dropped.labels("duplicate").inc(c.duplicates - dup)
-                self.metrics.dropped.labels("orphan").inc(c.orphans - orph)
-                self.metrics.runs.labels("skipped").inc(c.runs_skipped - skipped)
-                self.metrics.runs.labels("rewritten").inc(c.runs_rewritten - rewritten)
-                self.metrics.dropped.labels("abandoned").inc(c.abandoned - abandoned)
-                self.metrics.runs.labels("given_up").inc(c.runs_given_up - given_up)
+                self.book.handle(tp.partition, rec.offset, rec.key, *decoded, produced)
                 if self._oldest_unflushed is None:
                     self._oldest_unflushed = produced
-                if opened and (run := self.book.open.get(doc.get("uid", ""))) is not None:
-                    self._report(run.uid, run.planrun, TiledState.WRITING, run.documents, None)
-        self.metrics.documents.inc(self.book.counters.documents - before)
+
+    def _sync_metrics(self) -> None:
+        """The metrics from the book's counters, once per turn of the loop rather than per record."""
+        assert self.book is not None
+        c = self.book.counters
+        current = {
+            (self.metrics.dropped, "duplicate"): c.duplicates,
+            (self.metrics.dropped, "orphan"): c.orphans,
+            (self.metrics.dropped, "abandoned"): c.abandoned,
+            (self.metrics.dropped, "undecodable"): c.undecodable,
+            (self.metrics.runs, "written"): c.runs_written - c.runs_closed_out,
+            (self.metrics.runs, "closed_out"): c.runs_closed_out,
+            (self.metrics.runs, "skipped"): c.runs_skipped,
+            (self.metrics.runs, "rewritten"): c.runs_rewritten,
+            (self.metrics.runs, "given_up"): c.runs_given_up,
+        }
+        for (metric, label), value in current.items():
+            if delta := value - self._synced.get((metric, label), 0):
+                metric.labels(label).inc(delta)
+        if delta := c.documents - self._synced_documents:
+            self.metrics.documents.inc(delta)
+        self._synced, self._synced_documents = current, c.documents
         self.metrics.open_runs.set(len(self.book.open))
 
     def _flush(self) -> None:
@@ -286,9 +297,10 @@ class TiledWriterService:
             ),
         )
 
+    def _started(self, run: OpenRun) -> None:
+        self._report(run.uid, run.planrun, TiledState.WRITING, run.documents, None)
+
     def _finished(self, f: Finished) -> None:
-        if not f.given_up:
-            self.metrics.runs.labels("closed_out" if f.closed_out else "written").inc()
         problems = ([f"closed without a stop document: {f.closed_out}"] if f.closed_out else []) + f.problems
         state = (
             TiledState.FAILED if f.given_up else TiledState.INCOMPLETE if f.problems else TiledState.WRITTEN
