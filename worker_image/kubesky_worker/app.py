@@ -32,7 +32,7 @@ from starlette.routing import Match, Route
 
 from .auth import RequestGuard
 from .engine import Busy, Conflict, NotFound
-from .plans import ParamError
+from .plan_entry import ParamError
 from .service import Worker
 
 

@@ -29,7 +29,8 @@ from kubesky_operator.api import (
 
 from .devices import DeviceRegistry, build_devices, collect_factories
 from .metrics import Metrics
-from .plans import PlanEntry, PlanManager
+from .plan_entry import PlanEntry
+from .plans import PlanManager
 from .publisher import Publisher, Unpublishable
 from .runs import Run, RunHistory
 from .scan_ids import ScanIds

@@ -12,7 +12,8 @@ from .auth import TokenSource
 from .config import worker_name
 from .engine import Engine
 from .metrics import Metrics
-from .plans import ParamError, PlanEntry, PlanManager, PlanSet
+from .plan_entry import ParamError, PlanEntry
+from .plans import PlanManager, PlanSet
 from .publisher import Publisher
 from .runs import Run, RunHistory
 from .status import StatusWriter

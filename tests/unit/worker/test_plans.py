@@ -10,7 +10,8 @@ from pathlib import Path
 import bluesky.plans as bp
 import pytest
 from kubesky_operator.api import PlanConfig
-from kubesky_worker.plans import ParamError, PlanManager, build_plan_entry, load_plan_set
+from kubesky_worker.plan_entry import ParamError, build_plan_entry
+from kubesky_worker.plans import PlanManager, load_plan_set
 
 
 class Det:
