@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-_NUMPY_PARAM = re.compile(r"^(\*{0,2}\w+)\s*:\s*(.*)$")
+# `name : type`, or several names sharing a type and description: `x, y : float`.
+_NUMPY_PARAM = re.compile(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)\s*(?::.*)?$")
 _GOOGLE_PARAM = re.compile(r"^\s*(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
 
@@ -35,7 +36,7 @@ def param_docs(fn: Callable[..., Any]) -> dict[str, str]:
             and set(lines[i + 1].strip()) == {"-"}
         ):
             i += 2
-            current = None
+            current: list[str] = []
             while i < len(lines):
                 line = lines[i]
                 if (
@@ -47,10 +48,13 @@ def param_docs(fn: Callable[..., Any]) -> dict[str, str]:
                     break
                 if line and not line.startswith(" "):
                     m = _NUMPY_PARAM.match(line.strip())
-                    current = m.group(1).lstrip("*") if m else line.strip().lstrip("*")
-                    out.setdefault(current, "")
+                    names = m.group(1).split(",") if m else [line]
+                    current = [name.strip().lstrip("*") for name in names]
+                    for name in current:
+                        out.setdefault(name, "")
                 elif current and line.strip():
-                    out[current] = (out[current] + " " + line.strip()).strip()
+                    for name in current:
+                        out[name] = (out[name] + " " + line.strip()).strip()
                 i += 1
             continue
         if stripped in ("Args:", "Arguments:", "Parameters:"):
