@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from kubesky_worker.publisher import serializer  # noqa: E402
+from kubesky_worker.document_serialization import serializer  # noqa: E402
 
 from tests.helpers.tiled_writer_process import writer_config, writer_process  # noqa: E402
 from tests.infra.services import Kafka, build  # noqa: E402

@@ -28,10 +28,11 @@ from kubesky_operator.api import (
 )
 
 from .devices import DeviceRegistry, build_devices, collect_factories
+from .document_serialization import Unpublishable
 from .metrics import Metrics
 from .plan_entry import PlanEntry
 from .plans import PlanManager
-from .publisher import Publisher, Unpublishable
+from .publisher import Publisher
 from .runs import Run, RunHistory
 from .scan_ids import ScanIds
 from .status import StatusWriter

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 from confluent_kafka import Producer
-from kubesky_worker.publisher import serializer
+from kubesky_worker.document_serialization import serializer
 
 from tests.infra.flux import apply_crds
 from tests.infra.services import REPO_ROOT

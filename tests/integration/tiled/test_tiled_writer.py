@@ -299,7 +299,7 @@ def test_repeated_documents_add_no_rows_and_a_replay_writes_nothing(
 
 def produce(kafka, topic: str, key: str, docs: list[tuple[str, dict]]) -> None:
     from confluent_kafka import Producer
-    from kubesky_worker.publisher import serializer
+    from kubesky_worker.document_serialization import serializer
 
     pack = serializer()
     # Idempotent, as the worker's producer: a retried first record (the one creating the topic) must

@@ -26,7 +26,7 @@ from kubesky_operator.api import KafkaConfig, default_topic
 from kubesky_operator.api.planrun import TERMINAL_PHASES
 from kubesky_operator.api.tiled import TiledRun, TiledState, TiledWriterConfig
 
-from ..publisher import connection_kwargs
+from ..kafka_connection import connection_kwargs
 from .book import Finished, OpenRun, RunBook
 from .metrics import WriterMetrics
 from .report import StatusReporter
