@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -35,13 +35,12 @@ from .api import GROUP, VERSION, BeamlineSpec, PlanRunRef, RunRequest
 from .api.applied import dropped_nulls, dropped_nulls_message
 from .api.limits import spec_limit_error, start_key_errors
 from .beamline_policy import describe, opt_in_refusals, spec_refusals
-from .kubeapi import ApiError, resource_path
+from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import ADMISSION_LATENCY, ADMISSION_REVIEWS
+from .plan_rollout import PlanRollout
+from .settings import OperatorSettings
+from .store import BeamlineView, Store, WorkerView
 from .workerclient import SubmitOutcome, WorkerAuthError, WorkerUnreachable
-
-if TYPE_CHECKING:
-    from .controller import Controller
-    from .store import BeamlineView
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,13 @@ def _pydantic_message(exc: ValidationError) -> str:
 
 
 class Admission:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(
+        self, *, settings: OperatorSettings, store: Store, api: KubeApi, rollout: PlanRollout
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.api = api
+        self.rollout = rollout
 
     # PlanRuns ------------------------------------------------------------------------------
 
@@ -80,15 +84,15 @@ class Admission:
         meta = body.get("metadata") or {}
         namespace, beamline = meta.get("namespace") or "", spec.get("beamline") or ""
         key = (namespace, beamline)
-        bl = self.ctl.store.beamlines.get(key)
+        bl = self.store.beamlines.get(key)
         if bl is None or bl.deleting:
             warnings.append(
                 f'Beamline "{beamline}" not found in namespace {namespace}: the run waits for it '
                 "(Pending, BeamlineNotFound) and its plan and parameters are checked then"
             )
             return
-        monitor = self.ctl.monitors.get(key)
-        client = monitor.client if monitor is not None and monitor.ready else None
+        worker = self.store.workers.get(key)
+        client = worker.client if worker is not None and worker.ready else None
         if client is None:
             warnings.append(
                 f"the worker of beamline {beamline} is not ready: plan and parameters are checked "
@@ -105,7 +109,7 @@ class Admission:
         )
         try:
             result = await asyncio.wait_for(
-                client.validate(request), self.ctl.settings.webhook_worker_timeout_seconds
+                client.validate(request), self.settings.webhook_worker_timeout_seconds
             )
         except (WorkerUnreachable, WorkerAuthError, TimeoutError) as exc:
             log.info(
@@ -122,7 +126,7 @@ class Admission:
             return
         if result.outcome != SubmitOutcome.REJECTED:
             return
-        if monitor is not None and await self._rollout_pending(bl, monitor):
+        if worker is not None and await self._rollout_pending(bl, worker):
             warnings.append(
                 f"beamline {beamline}'s plans are being rolled out: the run waits for the new plans "
                 f"and is checked against them (the current ones say: {result.message})"
@@ -130,20 +134,20 @@ class Admission:
             return
         raise kopf.AdmissionError(result.message or "rejected by the worker", code=REFUSED)
 
-    async def _rollout_pending(self, bl: BeamlineView, monitor: Any) -> bool:
+    async def _rollout_pending(self, bl: BeamlineView, worker: WorkerView) -> bool:
         """A change of the Beamline's plan ConfigMaps has not reached its worker yet (as the
         dispatcher's WaitingForPlans decides; the ConfigMaps are read afresh, since one applied
         with this PlanRun may not have reached the operator's watch yet)."""
-        rollout = self.ctl.rollout
+        rollout = self.rollout
         if rollout.in_progress((bl.namespace, bl.name)):
             return True
-        if not bl.spec.plans.config_maps or monitor.state is None:
+        if not bl.spec.plans.config_maps or worker.state is None:
             return False
         try:
             expected = await rollout.expected_hash(bl)
         except ApiError:
             return False
-        return expected is not None and expected != monitor.state.plan_set_hash
+        return expected is not None and expected != worker.state.plan_set_hash
 
     # Beamlines -----------------------------------------------------------------------------
 
@@ -154,15 +158,15 @@ class Admission:
             spec = BeamlineSpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError as exc:
             raise kopf.AdmissionError(_pydantic_message(exc), code=REFUSED) from None
-        refused = spec_refusals(spec, self.ctl.settings)
+        refused = spec_refusals(spec, self.settings)
         if refused:
             raise kopf.AdmissionError(describe(refused), code=REFUSED)
         try:
-            for r in await opt_in_refusals(self.ctl.api, namespace, spec):
+            for r in await opt_in_refusals(self.api, namespace, spec):
                 warnings.append(f"{r} (the worker is not started until it is)")
             for ref in spec.plans.config_maps:
                 path = resource_path("v1", "configmaps", namespace, ref.name)
-                if await self.ctl.api.get_metadata(path) is None:
+                if await self.api.get_metadata(path) is None:
                     warnings.append(f"spec.plans.configMaps: ConfigMap {ref.name!r} not found (yet)")
         except ApiError as exc:
             log.info(
@@ -170,8 +174,7 @@ class Admission:
             )
 
 
-def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
-    admission = Admission(ctl)
+def register(registry: kopf.OperatorRegistry, admission: Admission) -> None:
 
     async def timed(kind: str, check: Any, body: kopf.Body, warnings: list[str]) -> None:
         t0 = time.monotonic()

@@ -22,16 +22,14 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
 from . import worker_tls
-from .kubeapi import ApiError
-
-if TYPE_CHECKING:
-    from .controller import Controller
+from .kubeapi import ApiError, KubeApi
+from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +41,9 @@ VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfiguration
 
 
 class AdmissionServer:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, settings: OperatorSettings, api: KubeApi) -> None:
+        self.settings = settings
+        self.api = api
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ca: worker_tls.CertificateAuthority | None = None
         self._not_after: datetime | None = None
@@ -52,7 +51,7 @@ class AdmissionServer:
         self.port: int | None = None
 
     def dns_names(self) -> list[str]:
-        s = self.ctl.settings
+        s = self.settings
         names: list[str] = []
         if s.webhook_service and s.operator_namespace:
             base = f"{s.webhook_service}.{s.operator_namespace}.svc"
@@ -64,7 +63,7 @@ class AdmissionServer:
         delay = 0.2
         while True:
             try:
-                return await worker_tls.authority(self.ctl.api, self.ctl.settings)
+                return await worker_tls.authority(self.api, self.settings)
             except (ApiError, RuntimeError, OSError) as exc:  # not logged in yet, or the API is away
                 log.info("admission webhook: the CA is not available yet: %s", exc)
                 await asyncio.sleep(delay)
@@ -91,7 +90,7 @@ class AdmissionServer:
     def _load_mounted(self) -> bool:
         """The certificate another issuer keeps in `webhook_cert_dir` (cert-manager's tls.crt and
         tls.key, from a mounted Secret); True when it was (re)loaded."""
-        d = Path(self.ctl.settings.webhook_cert_dir or "")
+        d = Path(self.settings.webhook_cert_dir or "")
         cert_file, key_file = d / "tls.crt", d / "tls.key"
         try:
             stamp = (cert_file.stat().st_mtime_ns, key_file.stat().st_mtime_ns)
@@ -112,7 +111,7 @@ class AdmissionServer:
 
     async def __call__(self, fn: Callable[..., Any]) -> AsyncIterator[dict[str, Any]]:
         """kopf's webhook-server protocol: serve, yield the client config, run until cancelled."""
-        if self.ctl.settings.webhook_cert_dir:
+        if self.settings.webhook_cert_dir:
             while True:  # the kubelet projects the Secret once cert-manager has made it
                 if self._load_mounted():
                     break
@@ -143,7 +142,7 @@ class AdmissionServer:
         app.router.add_post("/{id:.*}", review)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        s = self.ctl.settings
+        s = self.settings
         site = web.TCPSite(runner, s.webhook_addr, s.webhook_port, ssl_context=self.context)
         await site.start()
         self.port = s.webhook_port
@@ -164,7 +163,7 @@ class AdmissionServer:
             await runner.cleanup()
 
     async def _keep_certificate(self) -> None:
-        if self.ctl.settings.webhook_cert_dir:
+        if self.settings.webhook_cert_dir:
             while True:  # cert-manager renews the Secret; the kubelet projects it
                 await asyncio.sleep(MOUNTED_CHECK_SECONDS)
                 self._load_mounted()
@@ -174,7 +173,7 @@ class AdmissionServer:
                 self._issue()
 
     async def _keep_ca_bundle(self) -> None:
-        name = self.ctl.settings.webhook_configuration
+        name = self.settings.webhook_configuration
         if not name:
             return
         last_error = ""
@@ -192,7 +191,7 @@ class AdmissionServer:
 
     async def ensure_ca_bundle(self, name: str) -> int:
         """Set the caBundle of each webhook of the configuration to the CA; the number changed."""
-        vwc = await self.ctl.api.get(f"{VWC_PATH}/{name}")
+        vwc = await self.api.get(f"{VWC_PATH}/{name}")
         if vwc is None:
             raise LookupError(f"ValidatingWebhookConfiguration {name} not found")
         bundle = self.ca_bundle
@@ -205,6 +204,6 @@ class AdmissionServer:
             # The resourceVersion test: a configuration changed meanwhile is read again next time.
             rv = (vwc.get("metadata") or {}).get("resourceVersion")
             ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
-            await self.ctl.api.json_patch(f"{VWC_PATH}/{name}", ops)
+            await self.api.json_patch(f"{VWC_PATH}/{name}", ops)
             log.info("caBundle of ValidatingWebhookConfiguration %s set (%d webhooks)", name, len(ops) - 1)
         return len(ops) - 1 if ops else 0

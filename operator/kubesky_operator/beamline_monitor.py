@@ -7,7 +7,9 @@ import asyncio
 import base64
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Generic, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -28,36 +30,79 @@ from .api import (
 )
 from .beamline_policy import NOT_ALLOWED, Refusal, describe, refusals
 from .beamline_resources import TOKEN_KEY, in_cluster_endpoint, token_secret_name
-from .kubeapi import ApiError, resource_path
+from .events import RunEvents
+from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import API_WRITES, WORKER_ERRORS
 from .planrun_status import now_rfc3339
+from .settings import OperatorSettings
+from .store import BeamlineKey, BeamlineView, Store, WorkerView
+from .worker_connections import WorkerConnections
 from .worker_objects import NotAllowed, ObjectNotApplied, apply_worker_objects
 from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
-
-if TYPE_CHECKING:
-    from .controller import Controller
-    from .store import BeamlineView
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 60.0
 
+T = TypeVar("T")
+
+
+class _Published(Generic[T]):
+    """A field of the monitor's `WorkerView`: every assignment publishes a new view in the store,
+    so that the dispatcher, the rollout and the webhook always read what the monitor knows."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Published[T]: ...
+    @overload
+    def __get__(self, obj: BeamlineMonitor, owner: type) -> T: ...
+    def __get__(self, obj: BeamlineMonitor | None, owner: type) -> T | _Published[T]:
+        if obj is None:
+            return self
+        return getattr(obj.view, self.name)  # type: ignore[no-any-return]
+
+    def __set__(self, obj: BeamlineMonitor, value: T) -> None:
+        obj.publish(**{self.name: value})
+
 
 class BeamlineMonitor:
-    def __init__(self, ctl: Controller, key: tuple[str, str]) -> None:
-        self.ctl = ctl
+    client: _Published[WorkerClient | None] = _Published()
+    endpoint: _Published[str | None] = _Published()
+    ready: _Published[bool] = _Published()
+    state: _Published[WorkerState | None] = _Published()
+    plan_names: _Published[frozenset[str]] = _Published()
+
+    def __init__(
+        self,
+        key: BeamlineKey,
+        *,
+        settings: OperatorSettings,
+        store: Store,
+        api: KubeApi,
+        events: RunEvents,
+        connections: WorkerConnections,
+        wake: Callable[[], None],
+        rolling_out: Callable[[], bool],
+        primed: Callable[[], bool],
+    ) -> None:
         self.key = key
-        self.client: WorkerClient | None = None
-        self.endpoint: str | None = None
-        self.ready = False
-        self.state: WorkerState | None = None
+        self.settings = settings
+        self.store = store
+        self.api = api
+        self.events = events
+        self.connections = connections
+        self._wake = wake  # the beamline's dispatcher: the worker became ready
+        self._rolling_out = rolling_out  # a plan rollout is under way for the beamline
+        self._primed = primed  # the store holds every PlanRun (the orphan check needs them all)
+        self.view = WorkerView()
         self.error: str | None = None
         self._ever_ready = False
         self._token: str | None = None
         self._token_at = 0.0
         self._token_source: tuple[str, str] | None = None
         self._plans: list[PlanInfo] = []
-        self.plan_names: frozenset[str] = frozenset()  # the catalogue the worker last served
         self._plans_hash: str | None = None
         # The worker builds its devices at start: asked again when it (re)appears or its plans change.
         self._devices: list[DeviceInfo] | None = None
@@ -70,10 +115,15 @@ class BeamlineMonitor:
         self._policy_at = 0.0
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._resync_at = time.monotonic() + ctl.settings.worker_objects_resync_seconds
+        self._resync_at = time.monotonic() + settings.worker_objects_resync_seconds
+
+    def publish(self, **changes: Any) -> None:
+        self.view = replace(self.view, **changes)
+        self.store.workers[self.key] = self.view
 
     def start(self) -> None:
         if self._task is None or self._task.done():
+            self.store.workers[self.key] = self.view
             self._task = asyncio.create_task(self._loop(), name=f"monitor:{self.key[0]}/{self.key[1]}")
 
     async def stop(self) -> None:
@@ -81,6 +131,8 @@ class BeamlineMonitor:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.store.workers.get(self.key) is self.view:  # not a successor's
+            del self.store.workers[self.key]
 
     def poke(self) -> None:
         self._poke.set()
@@ -109,9 +161,9 @@ class BeamlineMonitor:
             except Exception:
                 log.exception("beamline %s/%s: refresh failed", *self.key)
             if time.monotonic() >= self._resync_at:
-                self._resync_at = time.monotonic() + self.ctl.settings.worker_objects_resync_seconds
+                self._resync_at = time.monotonic() + self.settings.worker_objects_resync_seconds
                 await self._recreate_missing_worker_objects()
-            interval = self.ctl.settings.beamline_refresh_seconds
+            interval = self.settings.beamline_refresh_seconds
             if not self.ready:
                 interval = min(interval, 1.0)  # notice a worker coming back quickly
             try:
@@ -122,12 +174,12 @@ class BeamlineMonitor:
 
     async def _recreate_missing_worker_objects(self) -> None:
         """An in-cluster worker's objects deleted by hand come back (see `worker_objects`)."""
-        bl = self.ctl.store.beamlines.get(self.key)
+        bl = self.store.beamlines.get(self.key)
         if bl is None or bl.deleting or bl.spec_error or bl.spec.worker.endpoint:
             return
         try:
             done = await apply_worker_objects(
-                self.ctl.api, self.ctl.settings, bl.name, bl.namespace, bl.uid, bl.spec, missing_only=True
+                self.api, self.settings, bl.name, bl.namespace, bl.uid, bl.spec, missing_only=True
             )
         except (NotAllowed, ObjectNotApplied, ApiError) as exc:
             log.warning("beamline %s/%s: cannot restore its worker objects: %s", *self.key, exc)
@@ -138,7 +190,7 @@ class BeamlineMonitor:
         if done:
             log.info("beamline %s/%s: recreated %s", *self.key, ", ".join(done))
             body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
-            self.ctl.events.record(body, "WorkerObjectsRestored", ", ".join(done), kind="Beamline")
+            self.events.record(body, "WorkerObjectsRestored", ", ".join(done), kind="Beamline")
             self._token_at = 0.0  # a recreated token Secret holds a new token
 
     async def _refusals(self, bl: BeamlineView) -> list[Refusal]:
@@ -148,7 +200,7 @@ class BeamlineMonitor:
         key = (bl.uid, bl.generation)
         if key != self._policy_key or now - self._policy_at > TOKEN_TTL:
             try:
-                self._refused = await refusals(self.ctl.api, self.ctl.settings, bl.namespace, bl.spec)
+                self._refused = await refusals(self.api, self.settings, bl.namespace, bl.spec)
             except ApiError as exc:
                 self._refused = [Refusal("spec", f"cannot check the referenced Secrets: {exc.status}")]
             self._policy_key = key
@@ -164,7 +216,7 @@ class BeamlineMonitor:
             ref = worker.token_secret_ref
             source = (ref.name, ref.key) if ref else None
         else:
-            settings = self.ctl.settings
+            settings = self.settings
             endpoint = in_cluster_endpoint(
                 bl.name, bl.namespace, settings.worker_port, tls=settings.worker_tls
             )
@@ -177,7 +229,7 @@ class BeamlineMonitor:
         return endpoint, self._token
 
     async def _read_token(self, namespace: str, source: tuple[str, str]) -> str | None:
-        secret = await self.ctl.api.get(resource_path("v1", "secrets", namespace, source[0]))
+        secret = await self.api.get(resource_path("v1", "secrets", namespace, source[0]))
         if secret is None:
             self.error = f"token Secret {source[0]} not found"
             return None
@@ -190,7 +242,7 @@ class BeamlineMonitor:
     # Refresh --------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        bl = self.ctl.store.beamlines.get(self.key)
+        bl = self.store.beamlines.get(self.key)
         if bl is None:
             self.ready = False
             self.client = None
@@ -214,7 +266,7 @@ class BeamlineMonitor:
         self.endpoint = endpoint
         try:
             # The worker's certificate is verified before the token goes out (worker_tls).
-            tls = await self.ctl.worker_ssl(bl)
+            tls = await self.connections.ssl_for(bl)
             client = self.client
             if (
                 client is None
@@ -222,7 +274,7 @@ class BeamlineMonitor:
                 or client.token != token
                 or client.ssl is not tls
             ):
-                self.client = client = WorkerClient(self.ctl.worker_session(), endpoint, token, ssl=tls)
+                self.client = client = WorkerClient(self.connections.session(), endpoint, token, ssl=tls)
             state = await client.state()
             if (
                 self._devices is None
@@ -253,7 +305,7 @@ class BeamlineMonitor:
             self.error = f"worker unreachable at {endpoint}: {exc}"
         if self.ready and not was_ready:
             log.info("beamline %s/%s: worker ready at %s", *self.key, endpoint)
-            self.ctl.wake(self.key)
+            self._wake()
         elif was_ready and not self.ready:
             log.warning("beamline %s/%s: %s", *self.key, self.error)
         if not bl.deleting:
@@ -263,10 +315,10 @@ class BeamlineMonitor:
         """The worker runs a PlanRun that no longer exists (deleted while the operator was away, or
         before its finalizer landed): abort it once it has been seen orphaned twice in a row."""
         ref = state.current_planrun
-        if not (self.ctl.indexed and state.current_run and ref is not None):
+        if not (self._primed() and state.current_run and ref is not None):
             self._orphan = None
             return
-        run = self.ctl.store.get((ref.namespace, ref.name))
+        run = self.store.get((ref.namespace, ref.name))
         if run is not None and run.uid == state.current_run:
             self._orphan = None
             return
@@ -345,11 +397,11 @@ class BeamlineMonitor:
             conditions,
             phase,
             worker_ready=self.ready,
-            rolling_out=self.ctl.rollout.in_progress(self.key),
+            rolling_out=self._rolling_out(),
             message=(bl.spec_error or self.error or "") if not self.ready or phase == "Degraded" else "",
             observed_generation=gen,
         )
-        dispatcher = self.ctl.dispatchers.get(self.key)
+        queue = self.store.queues.get(self.key)
         return BeamlineStatus(
             phase=phase,
             conditions=conditions,
@@ -359,8 +411,8 @@ class BeamlineMonitor:
             devices=self._devices,
             plan_set_hash=self._plans_hash,
             plan_set_changed=self._plan_set_changed or bl.status.get("planSetChanged"),
-            current_run=dispatcher.current_run if dispatcher else None,
-            queue_length=dispatcher.queue_length if dispatcher else 0,
+            current_run=queue.current_run if queue else None,
+            queue_length=queue.queue_length if queue else 0,
             observed_generation=bl.generation,
         )
 
@@ -388,19 +440,19 @@ class BeamlineMonitor:
             # planSetHash and the catalogue in one write (whoever sees either sees both); then the
             # catalogue again by JSON patch, which keeps the nulls the merge patch dropped.
             merge = {**patch, "plans": plans} if plans_changed else patch
-            body = await self.ctl.api.merge_patch(path, {"status": merge})
+            body = await self.api.merge_patch(path, {"status": merge})
             if plans_changed:
                 op = {"op": "add", "path": "/status/plans", "value": plans}
-                body = await self.ctl.api.json_patch(path, [op])
+                body = await self.api.json_patch(path, [op])
         except ApiError as exc:
             if exc.status != 404:
                 log.warning("status of beamline %s/%s not written: %s", *self.key, exc)
             return
         API_WRITES.labels("beamline-status").inc()
         old_phase = current.get("phase")
-        self.ctl.observe_beamline(body)
+        self.store.upsert_beamline(body)
         if old_phase != wanted.get("phase"):
-            self.ctl.events.record(
+            self.events.record(
                 body,
                 f"Beamline{wanted.get('phase')}",
                 self.error or f"worker at {self.endpoint}",

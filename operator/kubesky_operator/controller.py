@@ -5,23 +5,19 @@ handlers (beamline_handlers)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import logging
-import ssl
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
-
 from . import worker_tls
+from .admission import Admission
 from .api import API_VERSION, TERMINAL_PHASES, Phase
 from .beamline_monitor import BeamlineMonitor
-from .dispatch import BeamlineDispatcher
-from .events import EventRecorder
+from .dispatch import BeamlineDispatcher, WorkerSignals
+from .events import EventRecorder, RunEvents
 from .gate import DispatchGate
-from .kubeapi import ApiError, KubeApi, resource_path
+from .kubeapi import KubeApi, resource_path
 from .metrics import TRANSITIONS, phase_changed
 from .plan_rollout import PlanRollout
 from .planrun_watch import PlanRunWatch
@@ -32,29 +28,9 @@ from .run_keys import RunKeys
 from .settings import OperatorSettings
 from .store import BeamlineKey, BeamlineView, RunKey, SettledRun, Store
 from .transition_events import RecoveredTransitions, describe_transition
-from .workerclient import WorkerUnreachable
+from .worker_connections import WorkerConnections
 
 log = logging.getLogger(__name__)
-
-# An external https worker is verified against the CA in this key of its token Secret, if any.
-ENDPOINT_CA_KEY = "ca.crt"
-ENDPOINT_CA_TTL = 15.0  # seconds: a CA an administrator puts in the Secret applies soon
-
-
-class RunEvents:
-    """EventRecorder bound to PlanRuns."""
-
-    def __init__(self, recorder: EventRecorder) -> None:
-        self.recorder = recorder
-
-    def record(
-        self, obj: Mapping[str, Any], reason: str, message: str, *, kind: str, warning: bool = False
-    ) -> None:
-        self.recorder.record(obj, reason, message, kind=kind, warning=warning)
-
-    def record_run(self, run: RunView, reason: str, message: str, *, warning: bool = False) -> None:
-        obj = {"metadata": {"name": run.name, "namespace": run.namespace, "uid": run.uid}}
-        self.recorder.record(obj, reason, message, kind="PlanRun", warning=warning)
 
 
 class Controller:
@@ -75,12 +51,23 @@ class Controller:
         )
         self.dispatchers: dict[BeamlineKey, BeamlineDispatcher] = {}
         self.monitors: dict[BeamlineKey, BeamlineMonitor] = {}
-        self.rollout = PlanRollout(self)
-        self.recovered = RecoveredTransitions(self)
-        self.retention = Retention(self)
+        self.connections = WorkerConnections(self.api, settings)
+        self.listed = asyncio.Event()
+        self.rollout = PlanRollout(
+            store=self.store, api=self.api, events=self.events, wake=self.wake, poke=self._poke_monitor
+        )
+        self.recovered = RecoveredTransitions(
+            store=self.store, api=self.api, recorder=self.events.recorder, listed=self.listed
+        )
+        self.retention = Retention(
+            store=self.store,
+            api=self.api,
+            events=self.events,
+            observe_run=self.observe_run,
+            listed=self.listed,
+        )
+        self.admission = Admission(settings=settings, store=self.store, api=self.api, rollout=self.rollout)
         self.run_keys = RunKeys(self.api)
-        self._worker_session: aiohttp.ClientSession | None = None
-        self._endpoint_cas: dict[tuple[str, str], tuple[float, bytes | None]] = {}
         self.started = False
         # The store is whole once kopf has indexed the Beamlines (it then calls the event
         # handlers) and then our PlanRun watch has listed every run (planrun_watch: kopf's
@@ -88,7 +75,6 @@ class Controller:
         # made before: `listed` (`indexed`).
         self.beamlines_indexed = False
         self.runs_primed = False
-        self.listed = asyncio.Event()
         self._beamlines_known = asyncio.Event()
         self._primer: asyncio.Task[None] | None = None
         self._noted_beamlines: asyncio.Task[None] | None = None
@@ -130,68 +116,37 @@ class Controller:
             await m.stop()
         await self.positions.stop()
         await self.events.recorder.stop()
-        if self._worker_session is not None:
-            await self._worker_session.close()
+        await self.connections.close()
         await self.api.close()
-
-    def worker_session(self) -> aiohttp.ClientSession:
-        if self._worker_session is None or self._worker_session.closed:
-            self._worker_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
-                headers={"User-Agent": "kubesky-operator"},
-            )
-        return self._worker_session
-
-    async def worker_ssl(self, bl: BeamlineView) -> ssl.SSLContext | None:
-        """How a Beamline's worker is verified: an in-cluster worker against the operator's CA
-        alone (None with TLS off: plain http); an external https endpoint against the `ca.crt` of
-        its token Secret, else the system's trust store (None for an http endpoint). Raises
-        WorkerUnreachable when that ca.crt holds no certificate."""
-        endpoint = bl.spec.worker.endpoint
-        if not endpoint:
-            if not self.settings.worker_tls:
-                return None
-            try:
-                return (await worker_tls.authority(self.api, self.settings)).client_context()
-            except (worker_tls.CAUnusable, ApiError) as exc:
-                raise WorkerUnreachable(f"no CA to verify the worker with: {exc}") from None
-        if not endpoint.lower().startswith("https://"):
-            return None
-        ref = bl.spec.worker.token_secret_ref
-        try:
-            ca_pem = await self._endpoint_ca(bl.namespace, ref.name) if ref is not None else None
-        except ApiError as exc:
-            raise WorkerUnreachable(f"Secret {ref.name if ref else '?'} cannot be read: {exc}") from None
-        if not ca_pem:
-            return worker_tls.system_context()
-        try:
-            return worker_tls.context_for_ca(ca_pem)
-        except ValueError as exc:
-            raise WorkerUnreachable(
-                f"{ENDPOINT_CA_KEY} of Secret {ref.name if ref else '?'} cannot verify the worker: {exc}"
-            ) from None
-
-    async def _endpoint_ca(self, namespace: str, secret: str) -> bytes | None:
-        key = (namespace, secret)
-        now = time.monotonic()
-        cached = self._endpoint_cas.get(key)
-        if cached is not None and now - cached[0] < ENDPOINT_CA_TTL:
-            return cached[1]
-        # The Secret is the Beamline's token Secret, which beamline_policy has checked is opted in.
-        body = await self.api.get(resource_path("v1", "secrets", namespace, secret))
-        raw = ((body or {}).get("data") or {}).get(ENDPOINT_CA_KEY)
-        pem = base64.b64decode(raw) if raw else None
-        self._endpoint_cas[key] = (now, pem)
-        return pem
 
     # Beamline tasks -------------------------------------------------------------------------
 
     def dispatcher(self, key: BeamlineKey) -> BeamlineDispatcher:
         d = self.dispatchers.get(key)
         if d is None:
-            d = self.dispatchers[key] = BeamlineDispatcher(self, key)
+            d = self.dispatchers[key] = BeamlineDispatcher(
+                key,
+                settings=self.settings,
+                store=self.store,
+                api=self.api,
+                ledger=self,
+                events=self.events,
+                positions=self.positions,
+                gate=self.gate,
+                run_keys=self.run_keys,
+                rollout=self.rollout,
+                worker=WorkerSignals(
+                    unreachable=lambda: self._tell_monitor(key, BeamlineMonitor.mark_unreachable),
+                    token_refused=lambda: self._tell_monitor(key, BeamlineMonitor.invalidate_token),
+                ),
+                retire=self._retire_dispatcher,
+            )
         d.start()
         return d
+
+    def _retire_dispatcher(self, d: BeamlineDispatcher) -> None:
+        if self.dispatchers.get(d.key) is d:
+            del self.dispatchers[d.key]
 
     def wake(self, key: BeamlineKey) -> None:
         if self.started and self.indexed:
@@ -200,9 +155,27 @@ class Controller:
     def ensure_monitor(self, key: BeamlineKey) -> BeamlineMonitor:
         m = self.monitors.get(key)
         if m is None:
-            m = self.monitors[key] = BeamlineMonitor(self, key)
+            m = self.monitors[key] = BeamlineMonitor(
+                key,
+                settings=self.settings,
+                store=self.store,
+                api=self.api,
+                events=self.events,
+                connections=self.connections,
+                wake=lambda: self.wake(key),
+                rolling_out=lambda: self.rollout.in_progress(key),
+                primed=lambda: self.indexed,
+            )
         m.start()
         return m
+
+    def _tell_monitor(self, key: BeamlineKey, what: Callable[[BeamlineMonitor], None]) -> None:
+        m = self.monitors.get(key)
+        if m is not None:
+            what(m)
+
+    def _poke_monitor(self, key: BeamlineKey) -> None:
+        self._tell_monitor(key, BeamlineMonitor.poke)
 
     async def drop_monitor(self, key: BeamlineKey) -> None:
         m = self.monitors.pop(key, None)

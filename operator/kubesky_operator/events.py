@@ -19,6 +19,7 @@ from .api import API_VERSION
 from .gate import DispatchGate
 from .kubeapi import ApiError, KubeApi, resource_path
 from .planrun_status import now_rfc3339
+from .queue import RunView
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +148,19 @@ class EventRecorder:
                 await asyncio.sleep(0.5)
             if self._interval:
                 await asyncio.sleep(self._interval)
+
+
+class RunEvents:
+    """EventRecorder bound to PlanRuns: what the operator's components are given to post Events."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self.recorder = recorder
+
+    def record(
+        self, obj: Mapping[str, Any], reason: str, message: str, *, kind: str, warning: bool = False
+    ) -> None:
+        self.recorder.record(obj, reason, message, kind=kind, warning=warning)
+
+    def record_run(self, run: RunView, reason: str, message: str, *, warning: bool = False) -> None:
+        obj = {"metadata": {"name": run.name, "namespace": run.namespace, "uid": run.uid}}
+        self.recorder.record(obj, reason, message, kind="PlanRun", warning=warning)

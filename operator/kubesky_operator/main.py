@@ -56,7 +56,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, ctl.settings.namespaces)
         if ctl.settings.webhook_port:
-            settings.admission.server = AdmissionServer(ctl)
+            settings.admission.server = AdmissionServer(ctl.settings, ctl.api)
             settings.admission.managed = None  # the chart holds the configuration; we keep its caBundle
         await ctl.start()
         log.info("kubesky operator starting (namespaces: %s)", ", ".join(ctl.settings.namespaces) or "all")
@@ -83,9 +83,9 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         await ctl.stop()
 
     if ctl.settings.webhook_port:
-        admission.register(registry, ctl)
+        admission.register(registry, ctl.admission)
     beamline_handlers.register(registry, ctl)
-    plan_rollout.register(registry, ctl, ctl.rollout)
+    plan_rollout.register(registry, ctl.rollout)
 
 
 def own_identity() -> str:

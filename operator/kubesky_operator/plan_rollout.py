@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import kopf
@@ -24,12 +25,10 @@ import kopf
 from .api import GROUP
 from .api.plan_sources import configmaps_plan_set_hash
 from .beamline_resources import selector
-from .kubeapi import ApiError, resource_path
+from .events import RunEvents
+from .kubeapi import ApiError, KubeApi, resource_path
+from .store import BeamlineKey, BeamlineView, Store
 from .workerclient import WorkerAuthError, WorkerUnreachable
-
-if TYPE_CHECKING:
-    from .controller import Controller
-    from .store import BeamlineKey, BeamlineView
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,20 @@ ROLLOUT_TIMEOUT = 180.0  # the kubelet's own sync period bounds a rollout even w
 
 
 class PlanRollout:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(
+        self,
+        *,
+        store: Store,
+        api: KubeApi,
+        events: RunEvents,
+        wake: Callable[[BeamlineKey], None],
+        poke: Callable[[BeamlineKey], None],
+    ) -> None:
+        self.store = store
+        self.api = api
+        self.events = events
+        self._wake = wake  # the beamline's dispatcher: PlanRuns may wait for this rollout
+        self._poke = poke  # the beamline's monitor: the catalogue in its status changed
         self._tasks: dict[BeamlineKey, asyncio.Task[None]] = {}
         self.expected: dict[BeamlineKey, str] = {}
         self.failed: dict[BeamlineKey, str] = {}  # an expected plan set whose sources do not load
@@ -47,7 +58,7 @@ class PlanRollout:
     def beamlines_using(self, namespace: str, configmap: str) -> list[BeamlineView]:
         return [
             bl
-            for bl in self.ctl.store.beamlines.values()
+            for bl in self.store.beamlines.values()
             if bl.namespace == namespace
             and not bl.deleting
             and any(ref.name == configmap for ref in bl.spec.plans.config_maps)
@@ -86,7 +97,7 @@ class PlanRollout:
     async def expected_hash(self, bl: BeamlineView) -> str | None:
         datas: list[dict[str, str]] = []
         for ref in bl.spec.plans.config_maps:
-            cm = await self.ctl.api.get(resource_path("v1", "configmaps", bl.namespace, ref.name))
+            cm = await self.api.get(resource_path("v1", "configmaps", bl.namespace, ref.name))
             if cm is None:
                 return None  # not all there yet: the worker cannot serve it either
             datas.append(dict(cm.get("data") or {}))
@@ -96,18 +107,18 @@ class PlanRollout:
         try:
             await self._converge(key)
         finally:
-            self.ctl.wake(key)  # a PlanRun may be waiting for this rollout
+            self._wake(key)  # a PlanRun may be waiting for this rollout
 
     async def _converge(self, key: BeamlineKey) -> None:
-        bl = self.ctl.store.beamlines.get(key)
+        bl = self.store.beamlines.get(key)
         if bl is None:
             return
         expected = await self.expected_hash(bl)
         if expected is None:
             return
         self.expected[key] = expected
-        monitor = self.ctl.monitors.get(key)
-        if monitor is not None and monitor.state is not None and monitor.state.plan_set_hash == expected:
+        worker = self.store.workers.get(key)
+        if worker is not None and worker.state is not None and worker.state.plan_set_hash == expected:
             return
         if not bl.spec.worker.endpoint:
             await self._nudge_pods(bl, expected)
@@ -121,8 +132,8 @@ class PlanRollout:
         # the worker missed the swap.
         next_reload, reload_gap = start, 0.5
         while loop.time() < deadline:
-            monitor = self.ctl.monitors.get(key)
-            client = monitor.client if monitor is not None else None
+            worker = self.store.workers.get(key)
+            client = worker.client if worker is not None else None
             if client is not None:
                 try:
                     if loop.time() >= next_reload:
@@ -141,9 +152,9 @@ class PlanRollout:
                         # The new sources are served to the worker but do not load: the previous
                         # plans keep serving and the Beamline's PlansLoaded condition says why.
                         if self.failed.get(key) != expected:
-                            monitor.poke()
+                            self._poke(key)
                             self.failed[key] = expected
-                            self.ctl.wake(key)  # PlanRuns waiting for these plans: stop waiting
+                            self._wake(key)  # PlanRuns waiting for these plans: stop waiting
                 except (WorkerUnreachable, WorkerAuthError) as exc:
                     log.debug("beamline %s/%s: reload not possible yet: %s", *key, exc)
             elapsed = loop.time() - start
@@ -153,19 +164,15 @@ class PlanRollout:
     def _done(self, key: BeamlineKey, bl: BeamlineView, expected: str) -> None:
         self.failed.pop(key, None)
         log.info("beamline %s/%s: serving plan set %s", *key, expected[:12])
-        monitor = self.ctl.monitors.get(key)
-        if monitor is not None:
-            monitor.poke()  # refresh the catalogue and planSetHash in the Beamline's status now
+        self._poke(key)  # refresh the catalogue and planSetHash in the Beamline's status now
         body = {"metadata": {"name": bl.name, "namespace": bl.namespace, "uid": bl.uid}}
-        self.ctl.events.record(
-            body, "PlansRolledOut", f"worker serves plan set {expected[:12]}", kind="Beamline"
-        )
+        self.events.record(body, "PlansRolledOut", f"worker serves plan set {expected[:12]}", kind="Beamline")
 
     async def _nudge_pods(self, bl: BeamlineView, expected: str) -> None:
         labels = ",".join(f"{k}={v}" for k, v in selector(bl.name).items())
         path = resource_path("v1", "pods", bl.namespace) + "?labelSelector=" + quote(labels, safe="")
         try:
-            pods = await self.ctl.api.get(path)
+            pods = await self.api.get(path)
         except ApiError as exc:
             log.warning("beamline %s/%s: cannot list worker pods: %s", bl.namespace, bl.name, exc)
             return
@@ -173,12 +180,12 @@ class PlanRollout:
             name = pod["metadata"]["name"]
             patch: dict[str, Any] = {"metadata": {"annotations": {NUDGE_ANNOTATION: expected}}}
             try:
-                await self.ctl.api.merge_patch(resource_path("v1", "pods", bl.namespace, name), patch)
+                await self.api.merge_patch(resource_path("v1", "pods", bl.namespace, name), patch)
             except ApiError as exc:
                 log.warning("pod %s/%s not nudged: %s", bl.namespace, name, exc)
 
 
-def register(registry: kopf.OperatorRegistry, ctl: Controller, rollout: PlanRollout) -> None:
+def register(registry: kopf.OperatorRegistry, rollout: PlanRollout) -> None:
     def referenced(namespace: str | None, name: str | None, **_: Any) -> bool:
         return bool(namespace and name and rollout.referenced(namespace, name))
 

@@ -21,18 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .api import API_VERSION, Phase, RetentionSpec
-from .kubeapi import ApiError, resource_path
+from .events import RunEvents
+from .kubeapi import ApiError, KubeApi, resource_path
 from .metrics import API_WRITES, PLANRUNS_DELETED, STORE_PLANRUNS
 from .planrun_status import rfc3339
-from .store import BeamlineKey, BeamlineView, SettledRun, retention_applies
-
-if TYPE_CHECKING:
-    from .controller import Controller
+from .store import BeamlineKey, BeamlineView, SettledRun, Store, retention_applies
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +92,20 @@ def plan_retention(runs: Iterable[SettledRun], policy: RetentionSpec | None, now
 
 
 class Retention:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(
+        self,
+        *,
+        store: Store,
+        api: KubeApi,
+        events: RunEvents,
+        observe_run: Callable[[Mapping[str, Any]], object],
+        listed: asyncio.Event,
+    ) -> None:
+        self.store = store
+        self.api = api
+        self.events = events
+        self._observe_run = observe_run  # a PlanRun body listed or written here goes into the store
+        self._listed = listed  # the store holds every PlanRun
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._due: dict[BeamlineKey, float] = {}
@@ -115,16 +125,16 @@ class Retention:
     def policy_changed(self, key: BeamlineKey, was: BeamlineView | None = None) -> None:
         """The Beamline `key` changed (it was `was`). Once the store is whole, a retention that
         starts to apply needs the history the store let go: listed from the API first."""
-        store = self.ctl.store
+        store = self.store
         store.settled_changed.add(key)
         now = store.beamlines.get(key)
         applied = was is not None and now is not None and was.uid == now.uid and retention_applies(was.spec)
-        if self.ctl.indexed and store.retention_policy(key) is not None and not applied:
+        if self._listed.is_set() and store.retention_policy(key) is not None and not applied:
             self._hydrate.add(key)
         self._wake.set()
 
     async def _loop(self) -> None:
-        await self.ctl.listed.wait()  # decide on the whole history, never on a partial listing
+        await self._listed.wait()  # decide on the whole history, never on a partial listing
         while True:
             try:
                 await self.pass_once()
@@ -140,7 +150,7 @@ class Retention:
 
     async def pass_once(self) -> int:
         """Look again at the beamlines whose history changed or whose next TTL is reached."""
-        store = self.ctl.store
+        store = self.store
         STORE_PLANRUNS.labels("live").set(len(store.runs))
         STORE_PLANRUNS.labels("settled").set(len(store.settled))
         STORE_PLANRUNS.labels("recent").set(len(store.recent))
@@ -178,17 +188,17 @@ class Retention:
     async def _hydrate_history(self, key: BeamlineKey) -> bool:
         """List the namespace's PlanRuns into the store for beamline `key` (its retention now
         applies: the finished runs the store let go are needed again). False to try next pass."""
-        store = self.ctl.store
+        store = self.store
         store.drop_recent(key)  # held again as settled runs, not as recent ones
         try:
-            async for page in self.ctl.api.list_pages(resource_path(API_VERSION, "planruns", key[0])):
+            async for page in self.api.list_pages(resource_path(API_VERSION, "planruns", key[0])):
                 for item in page.get("items") or ():
                     name = (item.get("metadata") or {}).get("name")
                     if (item.get("spec") or {}).get("beamline") == key[1] and (
                         key[0],
                         name,
                     ) not in store.runs:
-                        self.ctl.observe_run(item)
+                        self._observe_run(item)
         except Exception as exc:  # the API away, a continue token expired: next pass
             log.warning("history of beamline %s/%s not listed (%s): again next pass", *key, exc)
             return False
@@ -202,7 +212,7 @@ class Retention:
             "preconditions": {"uid": run.uid, "resourceVersion": str(run.resource_version)},
         }
         try:
-            await self.ctl.api.request("DELETE", path, body=body)
+            await self.api.request("DELETE", path, body=body)
         except ApiError as exc:
             if exc.status == 404:
                 return False
@@ -210,7 +220,7 @@ class Retention:
                 log.info(
                     "PlanRun %s/%s changed since retention decided: not deleted", run.namespace, run.name
                 )
-                self.ctl.store.settled_changed.add((run.namespace, run.beamline))
+                self.store.settled_changed.add((run.namespace, run.beamline))
                 return False
             log.warning("PlanRun %s/%s not deleted: %s", run.namespace, run.name, exc)
             return False
@@ -222,13 +232,13 @@ class Retention:
     async def _write_delete_after(self, key: tuple[str, str], value: str | None) -> None:
         path = resource_path(API_VERSION, "planruns", key[0], key[1], "status")
         try:
-            body = await self.ctl.api.merge_patch(path, {"status": {"deleteAfter": value}})
+            body = await self.api.merge_patch(path, {"status": {"deleteAfter": value}})
         except ApiError as exc:
             if exc.status != 404:
                 log.warning("status.deleteAfter of %s/%s not written: %s", *key, exc)
             return
         API_WRITES.labels("status").inc()
-        self.ctl.observe_run(body)
+        self._observe_run(body)
 
     def _record(self, namespace: str, beamline: str, uid: str, done: list[tuple[SettledRun, str]]) -> None:
         by_why: dict[str, list[str]] = {}
@@ -240,4 +250,4 @@ class Retention:
             parts.append(f"{len(names)} by {why} ({shown})")
         message = "finished PlanRuns deleted (their documents stay in Kafka): " + "; ".join(parts)
         obj = {"metadata": {"name": beamline, "namespace": namespace, "uid": uid}}
-        self.ctl.events.record(obj, "PlanRunsDeleted", message, kind="Beamline")
+        self.events.record(obj, "PlanRunsDeleted", message, kind="Beamline")

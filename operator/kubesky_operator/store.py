@@ -18,15 +18,16 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from .api import BeamlineSpec, Phase, RetentionSpec
+from .api import BeamlineSpec, Phase, RetentionSpec, WorkerState
 from .api.planrun import phase_rank
 from .planrun_status import parse_rfc3339
 from .queue import RunView, _resource_version
+from .workerclient import WorkerClient
 
 BeamlineKey = tuple[str, str]  # (namespace, beamline name)
 RunKey = tuple[str, str]  # (namespace, PlanRun name)
@@ -112,6 +113,27 @@ class BeamlineView:
         return (self.namespace, self.name)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """What a beamline's monitor last knew of its worker, published for the dispatcher, the plan
+    rollout and the admission webhook (`BeamlineMonitor` is its only writer)."""
+
+    client: WorkerClient | None = None  # None while the worker's URL, token or CA is unknown
+    endpoint: str | None = None
+    ready: bool = False
+    state: WorkerState | None = None
+    plan_names: frozenset[str] = frozenset()  # the catalogue the worker last served
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """What a beamline's dispatcher last decided, published for its monitor (the Beamline's
+    status.currentRun and queueLength); `BeamlineDispatcher` is its only writer."""
+
+    current_run: str | None = None
+    queue_length: int = 0
+
+
 def retention_applies(spec: BeamlineSpec | None) -> bool:
     """The beamline's retention deletes anything: its history is held (bounded by it)."""
     r = spec.retention if spec is not None else None
@@ -132,6 +154,9 @@ class Store:
         self._settled_by_beamline: dict[BeamlineKey, set[str]] = defaultdict(set)
         self.beamlines: dict[BeamlineKey, BeamlineView] = {}
         self.settled_changed: set[BeamlineKey] = set()  # beamlines whose history retention looks at again
+        # What one per-beamline task publishes for the others (each has one writer).
+        self.workers: dict[BeamlineKey, WorkerView] = {}
+        self.queues: dict[BeamlineKey, QueueView] = {}
 
     # PlanRuns -------------------------------------------------------------------------------
 
@@ -140,6 +165,17 @@ class Store:
 
     def settled_run(self, key: RunKey) -> SettledRun | None:
         return self.settled.get(key) or self.recent.get(key)
+
+    def current(self, run: RunView) -> RunView:
+        """The latest view of `run`, which a decision was made on earlier."""
+        live = self.runs.get(run.key)
+        if live is not None:
+            return live
+        settled = self.settled_run(run.key)
+        if settled is not None and settled.uid == run.uid:
+            # finished and handled meanwhile: only its phase matters to a caller now
+            return replace(run, phase=settled.phase, resource_version=settled.resource_version, finalizers=())
+        return run
 
     def retained(self, run: SettledRun) -> bool:
         """Retention has to decide on this settled run (see the module's docstring)."""

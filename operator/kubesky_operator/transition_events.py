@@ -15,16 +15,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .api import Phase
-from .events import COMPONENT
-from .kubeapi import resource_path
+from .events import COMPONENT, EventRecorder
+from .kubeapi import KubeApi, resource_path
 from .planrun_status import parse_rfc3339
 from .queue import RunView
-
-if TYPE_CHECKING:
-    from .controller import Controller
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +68,11 @@ def last_transition(status: Mapping[str, Any]) -> float | None:
 
 
 class RecoveredTransitions:
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
+    def __init__(self, *, store: Store, api: KubeApi, recorder: EventRecorder, listed: asyncio.Event) -> None:
+        self.store = store
+        self.api = api
+        self.recorder = recorder
+        self._listed = listed  # the store holds every PlanRun
         # uid -> (namespace, name, phase, (reason, message, warning)): described when seen, since
         # a finished run is then kept as a SettledRun, without its status
         self._candidates: dict[str, tuple[str, str, Phase, tuple[str, str, bool]]] = {}
@@ -96,7 +97,7 @@ class RecoveredTransitions:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        await self.ctl.listed.wait()  # kopf has listed every watched kind
+        await self._listed.wait()  # kopf has listed every watched kind
         self.done = True
         candidates, self._candidates = self._candidates, {}
         by_namespace: dict[str, list[tuple[str, str, Phase, tuple[str, str, bool]]]] = {}
@@ -114,16 +115,14 @@ class RecoveredTransitions:
                 )
                 continue
             for uid, name, phase, (reason, message, warning) in runs:
-                run = self.ctl.store.get((namespace, name))
+                run = self.store.get((namespace, name))
                 if run is None or run.uid != uid or run.phase != phase or (uid, reason) in seen:
                     continue  # gone, or moved on (the live Event was posted), or it has its Event
                 if posted >= MAX_RECOVERED:
                     skipped += 1
                     continue
                 obj = {"metadata": {"name": name, "namespace": namespace, "uid": uid}}
-                self.ctl.events.recorder.record(
-                    obj, reason, message + RECOVERED, kind="PlanRun", warning=warning
-                )
+                self.recorder.record(obj, reason, message + RECOVERED, kind="PlanRun", warning=warning)
                 posted += 1
         log.info(
             "recent transitions seen on start: %d runs looked at, %d Events posted%s",
@@ -138,7 +137,7 @@ class RecoveredTransitions:
         params = {"fieldSelector": f"source={COMPONENT},involvedObject.kind=PlanRun", "limit": "500"}
         path = resource_path("v1", "events", namespace)
         while True:
-            page = await self.ctl.api.request("GET", path, params=params)
+            page = await self.api.request("GET", path, params=params)
             for ev in page.get("items") or ():
                 uid = (ev.get("involvedObject") or {}).get("uid")
                 if uid and ev.get("reason"):

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 from kubesky_operator.admission_server import AdmissionServer
+from kubesky_operator.kubeapi import KubeApi
 from kubesky_operator.settings import OperatorSettings
 from kubesky_operator.worker_tls import CertificateAuthority
 
 
 def server(cert_dir: Path) -> AdmissionServer:
-    ctl = SimpleNamespace(settings=OperatorSettings(webhook_port=9443, webhook_cert_dir=str(cert_dir)))
-    return AdmissionServer(ctl)  # type: ignore[arg-type]
+    # A mounted certificate is never asked of the API: a client without credentials is enough.
+    return AdmissionServer(OperatorSettings(webhook_port=9443, webhook_cert_dir=str(cert_dir)), KubeApi())
 
 
 def write(cert_dir: Path, days: int) -> None:

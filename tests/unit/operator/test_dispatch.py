@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from kubesky_operator.api import FieldError, Phase, RunRecord, RunRequest
-from kubesky_operator.controller import Controller
-from kubesky_operator.dispatch import BeamlineDispatcher
-from kubesky_operator.kubeapi import ApiError
+from kubesky_operator.dispatch import BeamlineDispatcher, WorkerSignals
+from kubesky_operator.events import EventRecorder, RunEvents
+from kubesky_operator.gate import DispatchGate
+from kubesky_operator.kubeapi import ApiError, KubeApi
+from kubesky_operator.plan_rollout import PlanRollout
+from kubesky_operator.positions import PositionWriter
+from kubesky_operator.run_keys import RunKeys
 from kubesky_operator.settings import OperatorSettings
+from kubesky_operator.store import Store, WorkerView
 from kubesky_operator.workerclient import SubmitOutcome, SubmitResult, WorkerUnreachable
 
 NS, BL = "ns", "bl"
@@ -73,7 +80,32 @@ class FakeApi:
         return copy.deepcopy(obj)
 
     async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """test, add and remove, as the apiserver applies them: all or nothing."""
         obj = self._obj(path)
+        patched = copy.deepcopy(obj)
+        for op in ops:
+            *parents, last = op["path"].lstrip("/").split("/")
+            target: Any = patched
+            for part in parents:
+                target = target[int(part)] if isinstance(target, list) else target[part]
+            index: Any = int(last) if isinstance(target, list) else last
+            if op["op"] == "test":
+                if (isinstance(target, list) and not 0 <= index < len(target)) or target[index] != op[
+                    "value"
+                ]:
+                    raise ApiError(422, '{"reason": "Invalid", "message": "the test failed"}')
+            elif op["op"] == "remove":
+                del target[index]
+            elif op["op"] == "add":
+                target.insert(index, op["value"]) if isinstance(target, list) else target.__setitem__(
+                    index, op["value"]
+                )
+            else:
+                raise AssertionError(f"op {op['op']} not faked")
+        self.rv += 1
+        patched["metadata"]["resourceVersion"] = str(self.rv)
+        obj.clear()
+        obj.update(patched)
         self.log.append((path, {"ops": ops}))
         return copy.deepcopy(obj)
 
@@ -117,39 +149,60 @@ class FakeWorker:
         return 200 if run_id in self.known else 404
 
 
-class FakeMonitor:
-    def __init__(self, worker: FakeWorker) -> None:
-        self.client = worker
-        self.ready = True
-        self.endpoint = worker.base_url
-        self.plan_names: frozenset[str] = frozenset()  # no catalogue: the rollout check is exercised
-        self.state = None
+class Ledger:
+    """Where the dispatcher's written PlanRuns go: the store, as the operator's watch keeps it."""
 
-    def mark_unreachable(self) -> None:
-        self.ready = False
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-    def invalidate_token(self) -> None:
-        pass
+    def observe_run(self, body: Mapping[str, Any]) -> object:
+        return self.store.upsert_run(body)[1]
+
+    def forget_run(self, namespace: str, name: str, uid: str | None = None) -> None:
+        self.store.remove_run(namespace, name, uid)
 
 
 @pytest.fixture
 def env():
-    ctl = Controller(OperatorSettings(worker_lost_grace_seconds=0.0, active_poll_seconds=0.0, metrics_port=0))
+    settings = OperatorSettings(worker_lost_grace_seconds=0.0, active_poll_seconds=0.0, metrics_port=0)
+    store = Store()
     api = FakeApi()
-    ctl.api = api  # type: ignore[assignment]
     worker = FakeWorker(api)
-    ctl.monitors[(NS, BL)] = FakeMonitor(worker)  # type: ignore[assignment]
-    ctl.store.upsert_beamline(
+    key = (NS, BL)
+    # No catalogue: the rollout check is exercised.
+    store.workers[key] = WorkerView(client=worker, endpoint=worker.base_url, ready=True)  # type: ignore[arg-type]
+    store.upsert_beamline(
         {"metadata": {"name": BL, "namespace": NS, "uid": "bl-uid", "resourceVersion": "1"}, "spec": {}}
     )
-    d = BeamlineDispatcher(ctl, (NS, BL))
-    ctl.dispatchers[(NS, BL)] = d
-    return ctl, api, worker, d
+    ledger = Ledger(store)
+    events = RunEvents(EventRecorder(KubeApi()))  # never started: Events stay queued
+    unused_api = KubeApi()  # what the dispatcher must not touch in these tests: no credentials
+
+    def unreachable() -> None:
+        store.workers[key] = replace(store.workers[key], ready=False)
+
+    d = BeamlineDispatcher(
+        key,
+        settings=settings,
+        store=store,
+        api=api,
+        ledger=ledger,
+        events=events,
+        positions=PositionWriter(unused_api, store.runs.get, ledger.observe_run),
+        gate=DispatchGate(),
+        run_keys=RunKeys(unused_api),
+        rollout=PlanRollout(
+            store=store, api=unused_api, events=events, wake=lambda k: None, poke=lambda k: None
+        ),
+        worker=WorkerSignals(unreachable=unreachable, token_refused=lambda: None),
+        retire=lambda d: None,
+    )
+    return ledger, api, worker, d
 
 
 async def test_dispatched_is_written_before_the_post(env):
-    ctl, api, worker, d = env
-    ctl.observe_run(api.add("a"))
+    ledger, api, worker, d = env
+    ledger.observe_run(api.add("a"))
     await d.reconcile()
     assert worker.submitted == ["uid-a"]
     assert worker.phase_at_submit == ["Dispatched"]
@@ -159,12 +212,12 @@ async def test_dispatched_is_written_before_the_post(env):
 
 
 async def test_rejected_names_the_field(env):
-    ctl, api, worker, d = env
+    ledger, api, worker, d = env
     worker.outcome = SubmitResult(
         SubmitOutcome.REJECTED,
         errors=[FieldError(loc=["params", "num"], msg="Input should be a valid integer")],
     )
-    ctl.observe_run(api.add("bad", params={"num": "x"}))
+    ledger.observe_run(api.add("bad", params={"num": "x"}))
     await d.reconcile()
     st = api.status("bad")
     assert st["phase"] == "Rejected" and st["reason"] == "InvalidParams"
@@ -173,46 +226,46 @@ async def test_rejected_names_the_field(env):
 
 
 async def test_busy_worker_keeps_it_dispatched_and_retries(env):
-    ctl, api, worker, d = env
+    ledger, api, worker, d = env
     worker.outcome = SubmitResult(SubmitOutcome.BUSY)
-    ctl.observe_run(api.add("a"))
+    ledger.observe_run(api.add("a"))
     await d.reconcile()
-    assert api.phase("a") == "Dispatched" and d._retry_at is not None
+    assert api.phase("a") == "Dispatched" and d.schedule.retry_at is not None
     worker.outcome = SubmitResult(SubmitOutcome.ACCEPTED)
     await d.reconcile()
     assert worker.submitted == ["uid-a", "uid-a"]  # the same id: the worker recognises a repeat
 
 
 async def test_restart_with_a_dispatched_run_the_worker_knows_is_not_posted_again(env):
-    ctl, api, worker, d = env
+    ledger, api, worker, d = env
     api.add("a")
     await api.merge_patch(
         f"/apis/kubesky.io/v1alpha1/namespaces/{NS}/planruns/a/status", {"status": {"phase": "Dispatched"}}
     )
     worker.known["uid-a"] = RunRecord(id="uid-a", plan="count", phase=Phase.RUNNING)
-    ctl.observe_run(api.objects[next(iter(api.objects))])
+    ledger.observe_run(api.objects[next(iter(api.objects))])
     await d.reconcile()
     assert worker.submitted == []
 
 
 async def test_restart_with_a_dispatched_run_the_worker_never_got_is_posted_once(env):
-    ctl, api, worker, d = env
+    ledger, api, worker, d = env
     api.add("a")
     await api.merge_patch(
         f"/apis/kubesky.io/v1alpha1/namespaces/{NS}/planruns/a/status", {"status": {"phase": "Dispatched"}}
     )
-    ctl.observe_run(api.objects[next(iter(api.objects))])
+    ledger.observe_run(api.objects[next(iter(api.objects))])
     await d.reconcile()
     await d.reconcile()
     assert worker.submitted == ["uid-a"]
 
 
 async def test_queue_waits_behind_the_active_run_and_stop_cancels_a_queued_one(env):
-    ctl, api, worker, d = env
-    ctl.observe_run(api.add("first"))
+    ledger, api, worker, d = env
+    ledger.observe_run(api.add("first"))
     await d.reconcile()
-    ctl.observe_run(api.add("second", priority=5))
-    ctl.observe_run(api.add("third", state="Stop"))
+    ledger.observe_run(api.add("second", priority=5))
+    ledger.observe_run(api.add("third", state="Stop"))
     await d.reconcile()
     await asyncio_drain(d)
     assert worker.submitted == ["uid-first"]
@@ -220,8 +273,8 @@ async def test_queue_waits_behind_the_active_run_and_stop_cancels_a_queued_one(e
 
 
 async def test_worker_lost_after_the_grace(env):
-    ctl, api, worker, d = env
-    ctl.observe_run(api.add("a"))
+    ledger, api, worker, d = env
+    ledger.observe_run(api.add("a"))
     await d.reconcile()
     worker.down = True
     await d.reconcile()  # first failure starts the grace (0 s here)
@@ -231,5 +284,5 @@ async def test_worker_lost_after_the_grace(env):
 
 
 async def asyncio_drain(d: BeamlineDispatcher) -> None:
-    while d._background:
-        await asyncio.gather(*list(d._background))
+    while d.schedule.background:
+        await asyncio.gather(*list(d.schedule.background))
