@@ -4,7 +4,17 @@ splitting and documents msgpack has no form for."""
 from __future__ import annotations
 
 import numpy as np
-from kubesky_worker.document_serialization import DocumentTooLarge, serialize, serializer, split_event_page
+import pytest
+from kubesky_worker.document_serialization import (
+    RECORD_OVERHEAD,
+    DocumentTooLarge,
+    DocumentUnserializable,
+    Unpublishable,
+    check_start_document,
+    serialize,
+    serializer,
+    split_event_page,
+)
 
 from tests.helpers.kafka_docs import bluesky_kafka_deserializer
 
@@ -48,3 +58,124 @@ def test_oversized_documents():
         assert "event document big" in str(exc) and "2048" in str(exc)
     else:
         raise AssertionError("an oversized event must fail")
+
+
+def nested(depth: int) -> list:
+    top: list = []
+    inner = top
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+def test_the_limit_counts_value_key_and_headers_to_the_byte():
+    doc = {"uid": "u1", "data": {"blob": "x" * 3000}}
+    key, headers = b"k" * 10, [("kubesky.run.id", b"r1"), ("planrun.name", b"scan")]
+    size = len(serializer()(["event", doc])) + len(key) + sum(len(k) + len(v) for k, v in headers)
+    at_limit = size + RECORD_OVERHEAD
+    assert [n for n, _, _ in serialize("event", doc, key, headers, serializer(), at_limit)] == ["event"]
+    with pytest.raises(DocumentTooLarge) as exc:
+        serialize("event", doc, key, headers, serializer(), at_limit - 1)
+    assert str(exc.value) == (
+        f"event document u1 is {size} bytes serialized, over the Kafka limit of {at_limit - 1} bytes "
+        "(kafka.maxRequestSize); the run is failed"
+    )
+    assert exc.value.reason == "DocumentTooLarge"
+
+
+def test_the_record_is_the_serialized_name_and_document():
+    doc = {"uid": "u1", "data": {"x": 1.0}}
+    ((name, same, value),) = serialize("event", doc, None, [], serializer(), 2048)
+    assert (name, same) == ("event", doc)
+    assert bluesky_kafka_deserializer()(value) == ["event", doc]
+
+
+def test_an_event_page_of_one_row_over_the_limit_fails():
+    with pytest.raises(DocumentTooLarge, match="event_page document"):
+        serialize("event_page", page(1), b"k", [], serializer(), 300)
+
+
+def test_split_parts_each_fit_and_keep_every_row_in_order():
+    parts = serialize("event_page", page(9), b"k", [("h", b"v")], serializer(), 1600)
+    assert len(parts) > 2
+    assert [s for _, d, _ in parts for s in d["seq_num"]] == list(range(1, 10))
+    assert [u for _, d, _ in parts for u in d["uid"]] == [f"u{i}" for i in range(9)]
+    assert all(len(v) + 1 + 2 <= 1600 - RECORD_OVERHEAD for _, _, v in parts)
+    assert all(bluesky_kafka_deserializer()(v)[1] == d for _, d, v in parts)
+
+
+def test_a_datum_is_named_by_its_datum_id():
+    with pytest.raises(DocumentTooLarge, match="datum document res/0 is"):
+        serialize(
+            "datum", {"datum_id": "res/0", "datum_kwargs": {"p": "x" * 2000}}, None, [], serializer(), 1024
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(object(), "TypeError"), (2**64, "OverflowError"), (nested(5000), "ValueError")],
+    ids=["no-form", "int-past-64-bits", "too-deep"],
+)
+def test_documents_msgpack_has_no_form_for_are_unserializable(value, error):
+    with pytest.raises(DocumentUnserializable) as exc:
+        serialize("event", {"uid": "e1", "data": {"v": value}}, b"k", [], serializer(), 1 << 20)
+    assert isinstance(exc.value, Unpublishable)
+    assert exc.value.reason == "DocumentUnserializable"
+    assert str(exc.value).startswith(f"event document e1 cannot be serialized for Kafka ({error}: ")
+    assert str(exc.value).endswith("; the run is failed")
+
+
+def test_a_document_without_uid_is_named_by_its_kind():
+    with pytest.raises(DocumentUnserializable, match=r"^the stop document cannot"):
+        serialize("stop", {"reason": object()}, None, [], serializer(), 1 << 20)
+
+
+def test_split_event_page_slices_every_column():
+    p = {
+        "descriptor": "d",
+        "uid": ("a", "b", "c"),
+        "seq_num": (1, 2, 3),
+        "time": (0.1, 0.2, 0.3),
+        "data": {"x": (1, 2, 3)},
+        "timestamps": {"x": (9, 8, 7)},
+        "filled": {"img": [True, False, True]},
+    }
+    first, second = split_event_page(p)
+    assert first == {
+        "descriptor": "d",
+        "uid": ["a"],
+        "seq_num": [1],
+        "time": [0.1],
+        "data": {"x": [1]},
+        "timestamps": {"x": [9]},
+        "filled": {"img": [True]},
+    }
+    assert second == {
+        "descriptor": "d",
+        "uid": ["b", "c"],
+        "seq_num": [2, 3],
+        "time": [0.2, 0.3],
+        "data": {"x": [2, 3]},
+        "timestamps": {"x": [8, 7]},
+        "filled": {"img": [False, True]},
+    }
+    assert p["filled"] == {"img": [True, False, True]}  # not mutated
+    halves = split_event_page(
+        {"uid": ["a", "b"], "seq_num": [1, 2], "time": [0, 1], "data": {}, "timestamps": {}}
+    )
+    assert "filled" not in halves[0] and [h["seq_num"] for h in halves] == [[1], [2]]
+
+
+def test_the_start_document_is_checked_with_the_uid_the_runengine_adds():
+    md = {"plan_name": "count", "note": "x" * 2000}
+    headers = [("kubesky.run.id", b"r1")]
+    uid = "0" * 36
+    start = {**md, "uid": uid, "time": 0.0}  # a float's size does not depend on its value
+    size = len(serializer()(["start", start])) + len(uid) + len("kubesky.run.id") + len(b"r1")
+    check_start_document(md, headers, size + RECORD_OVERHEAD)
+    with pytest.raises(DocumentTooLarge) as exc:
+        check_start_document(md, headers, size + RECORD_OVERHEAD - 1)
+    assert str(exc.value).startswith(f"the start document is {size} bytes serialized")
+    with pytest.raises(DocumentUnserializable, match=r"^the start document cannot"):
+        check_start_document({"bad": object()}, headers, 1 << 20)
