@@ -84,7 +84,8 @@ class PlanEntry:
         given = {name for name in params if name not in self.unsupported}
         values: dict[str, Any] = {}
         for p in self.params:
-            if p.name in given:
+            # **kwargs has no field: a parameter of its name is one of the extra ones
+            if p.name in given and p.kind != inspect.Parameter.VAR_KEYWORD:
                 values[p.name] = getattr(model, _alias(p.name))
         extra = dict(model.__pydantic_extra__ or {}) if self.var_keyword else {}
         args: list[Any] = []

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import enum
 import textwrap
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Optional
 
 import bluesky.plans as bp
 import pytest
+from bluesky.protocols import Movable, Readable
 from kubesky_operator.api import PlanConfig
 from kubesky_worker.plan_entry import ParamError, build_plan_entry
 from kubesky_worker.plans import PlanManager, load_plan_set
@@ -211,3 +214,156 @@ def test_schema_shows_every_default_in_its_json_form():
     assert e.validate({"gain": None}, DEVICES) == ([], {"gain": None})
     assert e.validate({"mode": "fast"}, DEVICES) == ([], {"mode": Mode.FAST})
     assert e.validate({}, DEVICES) == ([], {})  # the plan's own defaults apply
+
+
+def messages(entry, params) -> dict[tuple, str]:
+    with pytest.raises(ParamError) as info:
+        entry.validate(params, DEVICES)
+    return {tuple(e.loc): e.msg for e in info.value.errors}
+
+
+def test_error_messages_name_the_plan_and_the_device():
+    e = build_plan_entry("count", bp.count, "bluesky.plans")
+    assert messages(e, {"bogus": 1}) == {
+        ("params", "detectors"): "missing required parameter of plan 'count'",
+        ("params", "bogus"): "unknown parameter of plan 'count'",
+    }
+    assert messages(e, {"detectors": ["ghost", "x"]}) == {
+        ("params", "detectors", 0): "unknown device 'ghost' (known devices: det, x)",
+        ("params", "detectors", 1): "device 'x' is not Readable",
+    }
+
+
+def test_numpydoc_descriptions_reach_the_schema():
+    info = build_plan_entry("count", bp.count, "bluesky.plans").info()
+    assert info.description == "Take one or more readings from detectors."
+    assert info.parameters["description"] == info.description
+    assert info.parameters["title"] == "count"
+    assert info.parameters["properties"]["detectors"]["description"] == "list of 'readable' objects"
+    assert info.parameters["properties"]["num"]["description"].startswith("number of readings to take")
+
+
+def kwargs_plan(detectors, num: int = 1, **md):
+    yield from ()
+
+
+def test_var_keyword_plan_takes_any_other_parameter():
+    e = build_plan_entry("kwargs_plan", kwargs_plan, "m")
+    assert e.info().parameters["additionalProperties"] is True
+    # `md`, the **kwargs' own name, is one of the others (it had raised AttributeError: a 500)
+    args, kwargs = e.validate({"detectors": ["det"], "sample": "Si", "md": {"a": 1}}, DEVICES)
+    assert args == [] and kwargs == {"detectors": [DEVICES["det"]], "sample": "Si", "md": {"a": 1}}
+    assert (["params", "num"], "int_parsing") in errors(e, {"detectors": ["det"], "num": "x"})
+
+
+def star_plan(a: int, b: int = 5, *values: float, c: int = 0):
+    yield from ()
+
+
+def test_var_positional_plan():
+    e = build_plan_entry("star_plan", star_plan, "m")
+    props = e.info().parameters["properties"]
+    assert props["values"]["items"] == {"type": "number"}
+    assert e.info().parameters["required"] == ["a"]
+    assert e.validate({"a": 1}, DEVICES) == ([], {"a": 1})
+    # with *args given, the parameters before them go by position, defaults filled in
+    assert e.validate({"a": 1, "values": [2, 3]}, DEVICES) == ([1, 5, 2.0, 3.0], {})
+    assert e.validate({"a": 1, "b": 6, "values": [2], "c": 3}, DEVICES) == ([1, 6, 2.0], {"c": 3})
+    assert (["params", "values"], "list_type") in errors(e, {"a": 1, "values": 2})
+
+
+def untyped_star_plan(*args):
+    yield from ()
+
+
+def test_untyped_var_positional_takes_devices_or_values():
+    e = build_plan_entry("untyped_star_plan", untyped_star_plan, "m")
+    assert e.validate({"args": ["x", 1, "elsewhere"]}, DEVICES) == ([DEVICES["x"], 1, "elsewhere"], {})
+
+
+def positional_only_plan(a: int = 3, /, b: int = 0):
+    yield from ()
+
+
+def test_positional_only_parameters_go_by_position():
+    e = build_plan_entry("positional_only_plan", positional_only_plan, "m")
+    assert e.validate({"a": 1, "b": 2}, DEVICES) == ([1], {"b": 2})
+    assert e.validate({"b": 2}, DEVICES) == ([3], {"b": 2})
+
+
+def callback_plan(
+    detectors,
+    per_step: Callable[..., Any] | None = None,
+    *hooks: Callable[[], None],
+    done: Callable[[], None],
+    num: int = 1,
+):
+    yield from ()
+
+
+def test_parameters_without_json_form():
+    e = build_plan_entry("callback_plan", callback_plan, "m")
+    assert e.unsupported == {
+        "per_step": "callables cannot be given through the API",
+        "hooks": "callables cannot be given through the API",
+    }
+    assert e.var_positional is None
+    props = e.info().parameters["properties"]
+    assert "per_step" not in props and "hooks" not in props
+    # a required one still has to be given, and takes any value (the plan decides)
+    assert e.info().parameters["required"] == ["detectors", "done"]
+    assert e.validate({"detectors": ["det"], "done": "anything"}, DEVICES)[1]["done"] == "anything"
+    refused = "parameter cannot be set through the API: callables cannot be given through the API"
+    assert messages(e, {"detectors": ["det"], "done": 1, "per_step": "f", "hooks": [], "num": "x"}) == {
+        ("params", "per_step"): refused,
+        ("params", "hooks"): refused,
+        ("params", "num"): "Input should be a valid integer, unable to parse string as an integer",
+    }
+
+
+def optional_plan(a: float | None, b: int = None, c: Optional[int] = None, d: str = "x"):  # noqa: RUF013, UP045
+    yield from ()
+
+
+def test_none_defaults_accept_null():
+    e = build_plan_entry("optional_plan", optional_plan, "m")
+    assert e.info().parameters["required"] == ["a"]
+    props = e.info().parameters["properties"]
+    assert props["b"]["anyOf"] == [{"type": "integer"}, {"type": "null"}] and props["b"]["default"] is None
+    assert e.validate({"a": None, "b": None, "c": None}, DEVICES) == ([], {"a": None, "b": None, "c": None})
+    assert e.validate({"a": 1, "b": 2}, DEVICES) == ([], {"a": 1.0, "b": 2})
+    assert (["params", "a"], "missing") in errors(e, {})
+    assert (["params", "b"], "int_parsing") in errors(e, {"a": 1, "b": "x"})
+    assert (["params", "d"], "string_type") in errors(e, {"a": 1, "d": None})  # only a None default
+
+
+def device_plan(motor: Movable, dets: Sequence[Readable], cam: Readable | None = None):
+    yield from ()
+
+
+def test_device_typed_parameters():
+    e = build_plan_entry("device_plan", device_plan, "m")
+    props = e.info().parameters["properties"]
+    assert props["motor"]["x-kubesky-device"] == "Movable"
+    assert props["dets"]["items"]["x-kubesky-device"] == "Readable"
+    _, kwargs = e.validate({"motor": "x", "dets": ["det"], "cam": "det"}, DEVICES)
+    assert kwargs == {"motor": DEVICES["x"], "dets": [DEVICES["det"]], "cam": DEVICES["det"]}
+    assert e.validate({"motor": "x", "dets": [], "cam": None}, DEVICES)[1]["cam"] is None
+    assert messages(e, {"motor": "det", "dets": ["x"]}) == {
+        ("params", "motor"): "device 'det' is not Movable",
+        ("params", "dets", 0): "device 'x' is not Readable",
+    }
+
+
+def test_axis_forms_refused_together_and_only_for_bluesky_plans():
+    e = build_plan_entry("scan", bp.scan, "bluesky.plans")
+    assert messages(e, {"detectors": ["det"], "args": ["x", 0, 1], "motor": "x"}) == {
+        ("params",): "give the axes one way only, not args and motor/start/stop"
+    }
+
+    def scan(detectors, *args, num=None):
+        yield from ()
+
+    own = build_plan_entry("scan", scan, "beamline")
+    assert own.axis_shape == () and "motor" not in own.info().parameters["properties"]
+    assert (["params", "motor"], "extra_forbidden") in errors(own, {"detectors": [], "motor": "x"})
