@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node bench-retention crds crds-check lint test test-unit test-integration demo dev-up dev-down \
+.PHONY: all venv lock infra host-packages images sbom audit node-up node-down bench-node bench-retention crds crds-check lint test test-unit test-integration mutation demo dev-up dev-down \
         bench bench-worker bench-operator bench-reload bench-tiled soak clean
 
 all: test
@@ -76,6 +76,12 @@ test: venv infra images lint
 
 test-unit: venv
 	$(PY) -m pytest -ra tests/unit
+
+# Mutation testing of the unit layer's pure modules (pyproject.toml's [tool.mutmut] only_mutate)
+# with mutmut against tests/unit, in build/mutation; prints each module's score at the end
+# (tools/mutation.py --score prints it again). Not part of `make test`: CPU-heavy.
+mutation: venv
+	$(PY) tools/mutation.py
 
 test-integration: venv infra
 	$(PY) -m pytest -ra tests/integration
