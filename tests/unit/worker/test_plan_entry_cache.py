@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
+import pytest
 from kubesky_operator.api import PlanConfig
+from kubesky_worker import plan_entry
+from kubesky_worker.plan_entry import cached_plan_entry
 from kubesky_worker.plans import load_plan_set
 
 from tests.helpers.configmap_volume import project
@@ -54,3 +59,56 @@ def test_type_from_changed_sibling_rebuilds(tmp_path):
     second = load_plan_set(cfg).plans["go"]
     assert second.model is not first.model
     assert "slow" in str(second.info().parameters)
+
+
+def plan_from(source: str, name: str = "wait"):
+    namespace: dict = {"__name__": "p"}
+    exec(source, namespace)
+    return namespace[name]
+
+
+@pytest.fixture
+def empty_cache(monkeypatch):
+    monkeypatch.setattr(plan_entry, "_ENTRY_CACHE", {})
+
+
+def test_reused_entry_serves_the_new_function_and_the_built_schema(empty_cache):
+    first = cached_plan_entry("wait", plan_from(V1), "p")
+    info = first.info()
+    again = plan_from(V1)
+    second = cached_plan_entry("wait", again, "p")
+    assert second.model is first.model and second.info() is info
+    assert second.func is again and second.params == list(inspect.signature(again).parameters.values())
+
+
+def test_changed_default_rebuilds(empty_cache):
+    first = cached_plan_entry("wait", plan_from(V1), "p")
+    second = cached_plan_entry("wait", plan_from(V1.replace("= 1.0", "= 2.0")), "p")
+    assert second.model is not first.model
+    assert second.info().parameters["properties"]["seconds"]["default"] == 2.0
+
+
+def test_same_plan_in_another_module_or_name_is_its_own_entry(empty_cache):
+    fn = plan_from(V1)
+    assert cached_plan_entry("wait", fn, "p").info().module == "p"
+    assert cached_plan_entry("wait", fn, "q").info().module == "q"
+    assert cached_plan_entry("pause", fn, "p").info().name == "pause"
+
+
+def test_unhashable_annotation_builds_without_the_cache(empty_cache):
+    source = V1.replace("seconds: float", "seconds: Annotated[float, {'unit': 's'}]")
+    source = "from typing import Annotated\n" + source
+    first = cached_plan_entry("wait", plan_from(source), "p")
+    second = cached_plan_entry("wait", plan_from(source), "p")
+    assert second.model is not first.model and plan_entry._ENTRY_CACHE == {}
+    assert second.validate({"seconds": 2}, {}) == ([], {"seconds": 2.0})
+
+
+def test_full_cache_starts_over(empty_cache, monkeypatch):
+    monkeypatch.setattr(plan_entry, "_ENTRY_CACHE_MAX", 2)
+    one = cached_plan_entry("one", plan_from(V1), "p")
+    cached_plan_entry("two", plan_from(V1), "p")
+    assert cached_plan_entry("one", plan_from(V1), "p").model is one.model  # still there
+    cached_plan_entry("three", plan_from(V1), "p")  # full: cleared, then three
+    assert len(plan_entry._ENTRY_CACHE) == 1
+    assert cached_plan_entry("one", plan_from(V1), "p").model is not one.model
