@@ -24,17 +24,18 @@ def two_open_runs() -> DocumentRouter:
     return router
 
 
+# (name, document, whether it holds events of a primary stream)
 DOCUMENTS_OF_A = [
-    ("descriptor", {"uid": "desc-a2", "run_start": "start-a", "name": "primary"}),
-    ("event", {"uid": "e1", "descriptor": "desc-a", "seq_num": 1}),
-    ("event_page", {"uid": ["e2"], "descriptor": "desc-a", "seq_num": [2]}),
-    ("resource", {"uid": "res-a2", "run_start": "start-a"}),
-    ("datum", {"datum_id": "res-a/0", "resource": "res-a"}),
-    ("datum_page", {"datum_id": ["res-a/1"], "resource": "res-a"}),
-    ("stream_resource", {"uid": "sres-a2", "run_start": "start-a"}),
-    ("stream_datum", {"uid": "sd1", "stream_resource": "sres-a"}),
-    ("stream_datum", {"uid": "sd2", "descriptor": "desc-a", "stream_resource": "sres-b"}),
-    ("stop", {"uid": "stop-a", "run_start": "start-a"}),
+    ("descriptor", {"uid": "desc-a2", "run_start": "start-a", "name": "primary"}, False),
+    ("event", {"uid": "e1", "descriptor": "desc-a", "seq_num": 1}, True),
+    ("event_page", {"uid": ["e2"], "descriptor": "desc-a", "seq_num": [2]}, True),
+    ("resource", {"uid": "res-a2", "run_start": "start-a"}, False),
+    ("datum", {"datum_id": "res-a/0", "resource": "res-a"}, False),
+    ("datum_page", {"datum_id": ["res-a/1"], "resource": "res-a"}, False),
+    ("stream_resource", {"uid": "sres-a2", "run_start": "start-a"}, False),
+    ("stream_datum", {"uid": "sd1", "stream_resource": "sres-a"}, False),
+    ("stream_datum", {"uid": "sd2", "descriptor": "desc-a", "stream_resource": "sres-b"}, False),
+    ("stop", {"uid": "stop-a", "run_start": "start-a"}, False),
 ]
 
 
@@ -44,16 +45,15 @@ def test_a_start_is_keyed_by_its_own_uid():
 
 
 @pytest.mark.parametrize(
-    ("name", "doc"), DOCUMENTS_OF_A, ids=[f"{n}-{i}" for i, (n, _) in enumerate(DOCUMENTS_OF_A)]
+    ("name", "doc", "primary"), DOCUMENTS_OF_A, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(DOCUMENTS_OF_A)]
 )
-def test_every_kind_of_document_goes_with_its_runs_start_uid(name, doc):
-    key, _ = two_open_runs().route(name, doc)
-    assert key == A
+def test_every_kind_of_document_goes_with_its_runs_start_uid(name, doc, primary):
+    assert two_open_runs().route(name, doc) == (A, primary)
 
 
 def test_a_runs_documents_share_one_key_and_one_partition():
     router = two_open_runs()
-    keys = {router.route(name, doc)[0] for name, doc in DOCUMENTS_OF_A}
+    keys = {router.route(name, doc)[0] for name, doc, _ in DOCUMENTS_OF_A}
     assert keys == {A}
     partitions = list(range(6))
     assert {DefaultPartitioner()(key, partitions, partitions) for key in keys} == {

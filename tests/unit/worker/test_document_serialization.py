@@ -3,6 +3,8 @@ splitting and documents msgpack has no form for."""
 
 from __future__ import annotations
 
+import msgpack
+import msgpack_numpy as mpn
 import numpy as np
 import pytest
 from kubesky_worker.document_serialization import (
@@ -82,6 +84,19 @@ def test_the_limit_counts_value_key_and_headers_to_the_byte():
         "(kafka.maxRequestSize); the run is failed"
     )
     assert exc.value.reason == "DocumentTooLarge"
+    # without a key nothing is counted for it
+    unkeyed = size - len(key)
+    serialize("event", doc, None, headers, serializer(), unkeyed + RECORD_OVERHEAD)
+    with pytest.raises(DocumentTooLarge, match=f" is {unkeyed} bytes serialized"):
+        serialize("event", doc, None, headers, serializer(), unkeyed + RECORD_OVERHEAD - 1)
+
+
+def test_numpy_is_encoded_without_bluesky_kafkas_global_patch(monkeypatch):
+    """bluesky_kafka, which the tests import and the worker does not, patches msgpack's Packer for
+    numpy: the worker's serializer must encode numpy arrays with msgpack's own Packer."""
+    monkeypatch.setattr(msgpack, "Packer", mpn._Packer)
+    value = serializer()(["event", {"x": np.arange(3)}])
+    assert msgpack.unpackb(value, object_hook=mpn.decode)[1]["x"].tolist() == [0, 1, 2]
 
 
 def test_the_record_is_the_serialized_name_and_document():
@@ -92,16 +107,23 @@ def test_the_record_is_the_serialized_name_and_document():
 
 
 def test_an_event_page_of_one_row_over_the_limit_fails():
+    # a page without rows (90 bytes) would fit: a row is the least a part holds, no endless halving
     with pytest.raises(DocumentTooLarge, match="event_page document"):
-        serialize("event_page", page(1), b"k", [], serializer(), 300)
+        serialize("event_page", page(1), b"k", [], serializer(), RECORD_OVERHEAD + 200)
 
 
-def test_split_parts_each_fit_and_keep_every_row_in_order():
-    parts = serialize("event_page", page(9), b"k", [("h", b"v")], serializer(), 1600)
+def test_an_event_page_of_two_rows_splits_into_one_row_each():
+    parts = serialize("event_page", page(2), b"k", [], serializer(), RECORD_OVERHEAD + 500)
+    assert [d["seq_num"] for _, d, _ in parts] == [[1], [2]]
+
+
+def test_split_parts_each_fit_with_their_key_and_keep_every_row_in_order():
+    key = b"k" * 400  # the parts' key counts in each part's size, as in the whole page's
+    parts = serialize("event_page", page(9), key, [("h", b"v")], serializer(), 2000)
     assert len(parts) > 2
     assert [s for _, d, _ in parts for s in d["seq_num"]] == list(range(1, 10))
     assert [u for _, d, _ in parts for u in d["uid"]] == [f"u{i}" for i in range(9)]
-    assert all(len(v) + 1 + 2 <= 1600 - RECORD_OVERHEAD for _, _, v in parts)
+    assert all(len(v) + len(key) + 2 <= 2000 - RECORD_OVERHEAD for _, _, v in parts)
     assert all(bluesky_kafka_deserializer()(v)[1] == d for _, d, v in parts)
 
 
@@ -179,3 +201,5 @@ def test_the_start_document_is_checked_with_the_uid_the_runengine_adds():
     assert str(exc.value).startswith(f"the start document is {size} bytes serialized")
     with pytest.raises(DocumentUnserializable, match=r"^the start document cannot"):
         check_start_document({"bad": object()}, headers, 1 << 20)
+    # the RunEngine's uid and time replace any the metadata holds
+    check_start_document({**md, "uid": "u" * 3000, "time": "t" * 3000}, headers, size + RECORD_OVERHEAD)

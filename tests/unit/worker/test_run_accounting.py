@@ -32,13 +32,20 @@ def test_a_runs_documents_fold_into_it():
     emit(accounts, run, "event_page", {"descriptor": "d1", "seq_num": [2, 3, 4]})
     emit(accounts, run, "event", {"descriptor": "d2", "seq_num": 1})
     emit(accounts, run, "event_page", {"descriptor": "d2", "seq_num": [2, 3]})
-    emit(accounts, run, "stop", {"run_start": "s1", "exit_status": "abort", "reason": "asked to"})
     counts, delivered = accounts.fold({id(run)})
     assert (run.run_uids, run.scan_ids) == (["s1"], [7])
     assert (run.progress_done, run.progress_total) == (4, 5)  # primary events only
-    assert (run.exit_status, run.stop_reason) == ("abort", "asked to")
+    assert (run.exit_status, run.stop_reason) == (None, None)
     # nothing acknowledged yet: no documents counted, the run not delivered
     assert counts == {} and run.documents == {} and delivered == []
+    # a fold adds what came since the last one, once
+    emit(accounts, run, "event", {"descriptor": "d1", "seq_num": 5})
+    emit(accounts, run, "stop", {"run_start": "s1", "exit_status": "abort", "reason": "asked to"})
+    accounts.fold({id(run)})
+    accounts.fold({id(run)})
+    assert (run.run_uids, run.scan_ids) == (["s1"], [7])
+    assert (run.progress_done, run.progress_total) == (5, 5)
+    assert (run.exit_status, run.stop_reason) == ("abort", "asked to")
 
 
 def test_bad_scan_ids_and_totals_are_left_out():
@@ -49,14 +56,28 @@ def test_bad_scan_ids_and_totals_are_left_out():
     emit(accounts, run, "start", {"uid": "s3", "num_points": 2.0})
     emit(accounts, run, "stop", {"run_start": "s3", "exit_status": "success", "reason": ""})
     accounts.fold({id(run)})
+    accounts.fold({id(run)})
     assert run.run_uids == ["s1", "s2", "s3"]
     assert run.scan_ids == []
     assert run.progress_total is None
     assert (run.exit_status, run.stop_reason) == ("success", None)
 
 
+def test_a_total_of_zero_is_a_total():
+    accounts = RunAccounts()
+    run = make_run()
+    emit(accounts, run, "start", {"uid": "s1", "num_points": 0})
+    accounts.fold({id(run)})
+    assert run.progress_total == 0
+
+
 def test_a_plan_of_several_runs_sums_their_totals_once_each():
     accounts = RunAccounts()
+    run = make_run()
+    emit(accounts, run, "start", {"uid": "s0", "num_points": 4})
+    emit(accounts, run, "start", {"uid": "s00", "num_points": 6})  # in the same round
+    accounts.fold({id(run)})
+    assert run.progress_total == 10
     run = make_run()
     emit(accounts, run, "start", {"uid": "s1", "scan_id": 1, "num_points": 3})
     accounts.fold({id(run)})
@@ -93,6 +114,13 @@ def test_acks_out_of_order_across_partitions():
     assert run.documents == {"event": 3, "descriptor": 1, "stop": 1}
     assert delivered == [run] and run.delivery is None
     assert tr.progress_t == 3.0
+    # documents after delivery (a tally of their own) reach past the ranges and add up
+    tr = accounts.tally(run)
+    tr.acknowledged("event", 0, 42, now=4.0)
+    tr.acknowledged("event", 2, 10, now=4.0)
+    accounts.fold({id(run)})
+    assert run.offsets == {2: [7, 10], 0: [40, 42]}
+    assert run.documents == {"event": 5, "descriptor": 1, "stop": 1}
 
 
 def test_a_round_acked_in_any_order_records_first_and_last_offsets():
@@ -145,8 +173,20 @@ def test_only_the_touched_runs_are_folded():
     counts, delivered = accounts.fold({id(one)})
     assert one.run_uids == ["s1"] and two.run_uids == []
     assert counts == {} and delivered == []
-    counts, delivered = accounts.fold({id(two), 12345})  # an id without a tally is skipped
+    touched = {0}  # an id without a tally, first in the set's order: skipped, the rest folded
+    touched.add(id(two))
+    counts, delivered = accounts.fold(touched)
     assert two.run_uids == ["s2"] and counts == {"start": 1} and delivered == [two]
+
+
+def test_the_counts_of_a_round_add_up_across_runs():
+    accounts = RunAccounts()
+    one, two = make_run("r1"), make_run("r2")
+    for run in (one, two):
+        accounts.tally(run).acknowledged("event", 0, 1, now=0.0)
+    accounts.tally(two).acknowledged("event", 0, 2, now=0.0)
+    counts, _ = accounts.fold({id(one), id(two)})
+    assert counts == {"event": 3}
 
 
 def test_acks_without_kafka_count_but_record_no_offsets():
