@@ -157,7 +157,54 @@ def collaborator_reads(path: Path) -> dict[str, dict[str, set[str]]]:
 
 
 # The operator's long-lived components: what each reads of the objects it is given.
-COMPONENTS = ("dispatch", "beamline_monitor", "plan_rollout", "retention", "transition_events")
+COMPONENTS = (
+    "dispatch",
+    "active_runs",
+    "beamline_monitor",
+    "plan_rollout",
+    "retention",
+    "transition_events",
+    "admission",
+    "run_intake",
+)
+# Registries of the per-beamline tasks: a component reading what it got from one of these reads
+# another component's members.
+REGISTRIES = {"monitors", "dispatchers"}
+COMPONENT_CLASSES = {"BeamlineMonitor": "monitors", "BeamlineDispatcher": "dispatchers"}
+
+
+def other_component_reads(path: Path) -> set[str]:
+    """Members read of another component fetched from a registry (`x = ....monitors.get(key)`)."""
+    tree = ast.parse(path.read_text())
+    own = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    found: set[str] = set()
+    for fn in (f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)):
+        names: dict[str, str] = {}
+        for arg in [*fn.args.args, *fn.args.kwonlyargs]:
+            annotation = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+            for cls, registry in COMPONENT_CLASSES.items():
+                if cls in annotation and cls not in own:
+                    names[arg.arg] = registry
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Attribute)
+                and node.value.func.attr == "get"
+                and isinstance(node.value.func.value, ast.Attribute)
+                and node.value.func.value.attr in REGISTRIES
+            ):
+                for t in node.targets:
+                    if isinstance(t, ast.Name):
+                        names[t.id] = node.value.func.value.attr
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in names
+            ):
+                found.add(f"{names[node.value.id]}.{node.attr}")
+    return found
 
 
 def main() -> int:
@@ -171,14 +218,26 @@ def main() -> int:
         print(f"  {lines:5d}  {name}")
 
     op = modules("kubesky_operator")
-    print("\nMembers each operator component reads of the objects handed to it:")
+    print("\nWhat each operator component reads of other components (the Controller, a monitor, a")
+    print("dispatcher), and of the collaborators handed to it:")
     for name, path in op.items():
-        if name.rsplit(".", 1)[-1] not in COMPONENTS:
+        short = name.rsplit(".", 1)[-1]
+        if short not in COMPONENTS:
             continue
+        other = other_component_reads(path)
         for cls, reads in collaborator_reads(path).items():
-            total = sum(len(m) for m in reads.values())
-            detail = ", ".join(f"{attr}: {len(m)}" for attr, m in sorted(reads.items()))
-            print(f"  {name.rsplit('.', 1)[-1]}.{cls}: {total} ({detail})")
+            of_controller = {f"controller.{m}" for m in reads.pop("ctl", set())}
+            foreign = sorted(of_controller | other)
+            by_kind = defaultdict(int)
+            for member in foreign:
+                by_kind[member.split(".")[0]] += 1
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(by_kind.items()))
+            handed = sum(len(m) for m in reads.values())
+            print(
+                f"  {short}.{cls}: {len(foreign)} members of other components{f' ({kinds})' if kinds else ''};"
+                f" {len(reads)} collaborators handed in, {handed} of their members read"
+            )
+            other = set()  # one class per module holds them
 
     for pkg in PACKAGES:
         mods = modules(pkg)

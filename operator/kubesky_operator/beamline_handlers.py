@@ -34,7 +34,7 @@ async def ensure_worker_objects(ctl: Controller, body: kopf.Body) -> list[str]:
         spec = BeamlineSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as exc:
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
-    monitor = ctl.ensure_monitor((meta["namespace"], meta["name"]))
+    monitor = ctl.tasks.ensure_monitor((meta["namespace"], meta["name"]))
     try:
         done = await apply_worker_objects(
             ctl.api, ctl.settings, meta["name"], meta["namespace"], meta["uid"], spec
@@ -55,11 +55,11 @@ async def drain_beamline(ctl: Controller, body: kopf.Body) -> None:
     """Hold the Beamline's deletion until none of its runs is queued or active (see the module)."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
-    ctl.observe_beamline(body)  # deleting: the dispatcher cancels the queue and aborts the active run
-    ctl.ensure_monitor(key).poke()
-    ctl.wake(key)
+    ctl.intake.observe_beamline(body)  # deleting: the dispatcher cancels the queue and aborts the active run
+    ctl.tasks.ensure_monitor(key).poke()
+    ctl.tasks.wake(key)
     deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-    while not ctl.beamline_drained(key):
+    while not ctl.intake.beamline_drained(key):
         if time.monotonic() > deadline:
             raise kopf.TemporaryError("waiting for the Beamline's active run to end", delay=1)
         await asyncio.sleep(0.2)
@@ -71,26 +71,26 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     async def beamline_store(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
         old = ctl.store.beamlines.get((meta.get("namespace", ""), meta.get("name", "")))
-        new = ctl.observe_beamline(body)
+        new = ctl.intake.observe_beamline(body)
         # Here, not in the event handler: the index handler may have stored the new spec first.
         if old is None or old.generation != new.generation or old.uid != new.uid:
             ctl.retention.policy_changed(new.key, was=old)
 
     @kopf.on.event(GROUP, VERSION, "beamlines", registry=registry, id="beamline-event")
     async def beamline_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        ctl.mark_beamlines_indexed()
+        ctl.intake.mark_beamlines_indexed()
         meta = body.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if event.get("type") == "DELETED":
-            await ctl.forget_beamline(key)
+            await ctl.intake.forget_beamline(key)
             ctl.retention.policy_changed(key)  # its runs keep their own TTL only
             return
         old = ctl.store.beamlines.get(key)
-        new = ctl.observe_beamline(body)
-        monitor = ctl.ensure_monitor(key)
+        new = ctl.intake.observe_beamline(body)
+        monitor = ctl.tasks.ensure_monitor(key)
         if old is None or old.generation != new.generation or old.uid != new.uid:
             monitor.poke()
-        ctl.wake(key)
+        ctl.tasks.wake(key)
 
     @kopf.on.resume(GROUP, VERSION, "beamlines", registry=registry, id="worker-objects")
     @kopf.on.create(GROUP, VERSION, "beamlines", registry=registry, id="worker-objects")
