@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubesky_operator.api import Phase, PlanRunState
+import pytest
+from kubesky_operator.api import KEEP_LABEL, RUN_KEY_LABEL, Phase, PlanRunState
+from kubesky_operator.api.applied import LAST_APPLIED
 from kubesky_operator.queue import FINALIZER, RunView, order, plan_beamline, queue_key
 
 
@@ -177,3 +179,131 @@ def test_beamline_being_deleted_cancels_queued_and_holds_new_runs() -> None:
     # and nothing is dispatched once the active run ends
     plan = plan_beamline([run("new")], beamline_exists=True, beamline_deleting=True)
     assert plan.dispatch is None and [r.name for r in plan.missing_beamline] == ["new"]
+
+
+def body(name: str, *, created: str | None = None, spec: dict[str, Any] | None = None, **meta: Any) -> dict:
+    """A PlanRun as the API serves it: what RunView.from_body parses."""
+    metadata: dict[str, Any] = {"name": name, "namespace": "ns", "uid": f"uid-{name}", **meta}
+    if created is not None:
+        metadata["creationTimestamp"] = created
+    return {"metadata": metadata, "spec": {"beamline": "bl", "plan": "count", **(spec or {})}}
+
+
+def test_queue_order_of_parsed_runs_follows_creation_time_not_name() -> None:
+    # Names in the opposite order of creation: an unparsed creation time would order them by name.
+    views = [
+        RunView.from_body(body("a", created="2025-01-01T10:00:02Z")),
+        RunView.from_body(body("b", created="2025-01-01T10:00:01Z", spec={"priority": 0})),
+        RunView.from_body(body("c", created="2025-01-01T10:00:00Z")),
+        RunView.from_body(body("d", created="2025-01-01T10:00:03Z", spec={"priority": 1})),
+    ]
+    assert [v.created for v in views[:3]] == [
+        "2025-01-01T10:00:02Z",
+        "2025-01-01T10:00:01Z",
+        "2025-01-01T10:00:00Z",
+    ]
+    # No spec.priority is the CRD's default 0: "a" waits behind the older "b" and "c" (priority 0)
+    # and behind "d" (priority 1), however new "d" is.
+    assert [v.priority for v in views] == [0, 0, 0, 1]
+    plan = plan_beamline(views, beamline_exists=True)
+    assert [r.name for r in plan.queue] == ["d", "c", "b", "a"]
+    assert plan.positions() == {"uid-d": 1, "uid-c": 2, "uid-b": 3, "uid-a": 4}
+
+
+def test_from_body_of_a_sparse_object_gives_the_defaults_and_still_sorts() -> None:
+    # Nothing may come out as None where the view holds a string: the queue key compares them.
+    empty = RunView(namespace="", name="", uid="", beamline="", plan="", created="")
+    assert RunView.from_body({}) == empty
+    assert RunView.from_body({"metadata": None, "spec": None, "status": None}) == empty
+    sparse = RunView.from_body({"metadata": {"name": "x"}, "spec": {}})
+    assert (sparse.namespace, sparse.uid, sparse.beamline, sparse.plan, sparse.created) == (
+        "",
+        "",
+        "",
+        "",
+        "",
+    )
+    full = RunView.from_body(body("y", created="2025-01-01T10:00:00Z"))
+    assert [r.name for r in order([full, sparse])] == ["x", "y"]
+
+
+def test_from_body_reads_every_field_the_operator_decides_on() -> None:
+    applied = '{"spec": {"beamline": "bl", "plan": "count", "params": {"num": null, "delay": 1}}}'
+    v = RunView.from_body(
+        body(
+            "r",
+            created="2025-01-01T10:00:00Z",
+            spec={
+                "params": {"delay": 1},
+                "metadata": {"sample": "Fe"},
+                "timeoutSeconds": 60,
+                "ttlSecondsAfterFinished": "300",
+            },
+            deletionTimestamp="2025-01-01T11:00:00Z",
+            labels={KEEP_LABEL: "true", RUN_KEY_LABEL: "nightly-1"},
+            annotations={LAST_APPLIED: applied},
+        )
+    )
+    assert (v.namespace, v.name, v.uid, v.beamline, v.plan) == ("ns", "r", "uid-r", "bl", "count")
+    assert v.deleting
+    assert v.params == {"delay": 1} and v.metadata == {"sample": "Fe"}
+    assert v.timeout_seconds == 60 and v.ttl_seconds_after_finished == 300
+    assert v.keep and v.run_key == "nightly-1"
+    assert v.dropped_nulls == ("params.num",)  # a waiting run: the dispatcher refuses it (NullDropped)
+
+    other = RunView.from_body(
+        {
+            **body("s", labels={KEEP_LABEL: "false", RUN_KEY_LABEL: ""}, annotations={LAST_APPLIED: applied}),
+            "status": {"phase": "Running"},
+        }
+    )
+    assert not other.deleting and not other.keep and other.run_key is None
+    assert other.timeout_seconds is None and other.ttl_seconds_after_finished is None
+    assert other.dropped_nulls == ()  # only a run not yet dispatched is decided on by it
+
+
+def test_from_body_unknown_state_or_phase() -> None:
+    v = RunView.from_body({**body("r", spec={"state": "Bogus"}), "status": {"phase": "Exploded"}})
+    assert v.state is PlanRunState.RUN and v.phase is None and v.waiting
+    assert (
+        RunView.from_body(body("r", spec={"ttlSecondsAfterFinished": "soon"})).ttl_seconds_after_finished
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "known"), [("42", True), ("0", True), (None, False), ("", False), ("x9", False)]
+)
+def test_from_body_resource_version(value: str | None, known: bool) -> None:
+    """A resourceVersion that is not a number is unknown (negative): writes then carry no precondition."""
+    meta = {} if value is None else {"resourceVersion": value}
+    v = RunView.from_body(body("r", **meta))
+    assert (v.resource_version >= 0) is known
+    if known:
+        assert v.resource_version == int(value)
+
+
+def test_several_active_runs_are_listed_in_queue_order() -> None:
+    # Normally at most one is active; after a lost write there can be two, reported in queue order.
+    runs = [
+        run("low-old", phase=Phase.RUNNING, created="2025-01-01T00:00:00Z"),
+        run("high", phase=Phase.DISPATCHED, priority=3, created="2025-01-01T00:00:09Z"),
+        run("low-new", phase=Phase.PAUSED, created="2025-01-01T00:00:05Z"),
+        run("next"),
+    ]
+    plan = plan_beamline(runs, beamline_exists=True)
+    assert [r.name for r in plan.active] == ["high", "low-old", "low-new"]
+    assert plan.dispatch is None and [r.name for r in plan.queue] == ["next"]
+
+
+def test_a_false_succeeded_condition_is_final() -> None:
+    def cond(status: str) -> list[dict[str, Any]]:
+        return [{"type": "Succeeded", "status": status, "reason": "PlanFailed", "lastTransitionTime": "x"}]
+
+    failed = run("failed", phase=Phase.FAILED, conditions=cond("False"))
+    unknown = run("unknown", phase=Phase.FAILED, conditions=cond("Unknown"))
+    gone = run("gone", phase=Phase.FAILED, conditions=cond("Unknown"), deleting=True)
+    plan = plan_beamline([failed, unknown, gone], beamline_exists=True)
+    assert [r.name for r in plan.finish] == ["unknown"]  # a run being deleted is not finished either
+    assert failed.settled and not unknown.settled
+    assert not run("held", phase=Phase.FAILED, conditions=cond("False"), finalizers=(FINALIZER,)).settled
