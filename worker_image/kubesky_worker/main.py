@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import signal
 import socket
 import ssl
 import sys
@@ -119,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(worker)
 
-    class _Server(uvicorn.Server):
-        # shut down gracefully on SIGTERM/SIGINT and return (uvicorn would re-raise the signal,
-        # killing the process before the worker aborts its run and flushes Kafka)
-        def handle_exit(self, sig: int, frame: object) -> None:
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-            self._captured_signals.clear()
-
-    server = _Server(
+    server = uvicorn.Server(
         uvicorn.Config(
             app,
             log_level="warning",
@@ -159,11 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         port,
         config.beamline,
     )
+    # uvicorn stops serving on SIGTERM/SIGINT, then hands the signal on to the handler it found
+    # installed; the default one would end the process before the worker aborts its run and
+    # flushes Kafka (worker.stop below), so the handler found is this one.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopping)
     try:
         asyncio.run(serve())
     finally:
         worker.stop()
     return 1 if start_failed.is_set() else 0
+
+
+def _stopping(sig: int, frame: object) -> None:
+    log.info("signal %d: the worker is stopping", sig)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes import client
-from kubesky_operator.api import GROUP, VERSION
+from kubesky_operator.api import GROUP, VERSION, KafkaConfig
 
 from tests.helpers.kafka_docs import (
     bluesky_kafka_deserializer,
@@ -24,6 +24,8 @@ from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
 
 PLURAL = "planruns"
+# Documents are gathered this long before they go to Kafka, and progress counts acknowledged ones.
+LINGER = KafkaConfig.model_fields["linger_ms"].default / 1000
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,8 @@ def _run_of(name: str, doc: dict, seen: list) -> str | None:
 
 
 def test_pause_and_resume(worker, api, namespace, kafka, topic):
-    pr = create_planrun(api, namespace, "count_slowly", {"detectors": ["fast_det"], "num": 30, "delay": 0.05})
+    params = {"detectors": ["fast_det"], "num": 30, "delay": 0.05}
+    pr = create_planrun(api, namespace, "count_slowly", params)
     uid = pr["metadata"]["uid"]
     assert dispatch(worker, pr).status_code == 202
     wait_record(worker, uid, lambda r: (r.get("progress") or {}).get("done", 0) >= 3)
@@ -248,7 +251,8 @@ def test_pause_and_resume(worker, api, namespace, kafka, topic):
     assert state["state"] == "paused" and state["currentRun"] == uid
     wait_status(api, pr, lambda s: s.get("phase") == "Paused")
     done_at_pause = rec["progress"]["done"]
-    time.sleep(0.5)
+    # A point taken anyway would show within one point (delay) and one linger; two of those.
+    time.sleep(2 * (params["delay"] + LINGER))
     assert get_record(worker, uid)["progress"]["done"] == done_at_pause  # really paused
     assert control(worker, uid, "resume").status_code == 200
     rec = wait_record(worker, uid, terminal)
@@ -543,3 +547,32 @@ def test_openapi_description_needs_the_token(worker):
     r = httpx.get(f"{worker.url}/openapi.json", headers=worker.headers, timeout=30)
     assert r.status_code == 200 and "/v1/runs" in r.json()["paths"]
     assert httpx.get(f"{worker.url}/readyz", timeout=30).json() == {"status": "ready"}
+
+
+def test_sigterm_aborts_the_active_run_flushes_its_documents_and_exits_0(
+    cluster, crds, kafka, api, namespace, tmp_path
+):
+    """What a pod deletion does to a worker mid-run: the run is aborted (Failed, WorkerLost, said to
+    be a shutdown), its documents up to the stop reach Kafka, the status says so, and the process
+    ends by itself with 0 before the kubelet's SIGKILL."""
+    own_topic = f"shutdown-{uuid.uuid4().hex[:8]}.bluesky.runengine.documents"
+    cfg = sim_config("sim", kafka=kafka.bootstrap, topic=own_topic, kubeconfig=cluster.kubeconfig)
+    with worker_process(cfg, tmp_path) as w:
+        pr = create_planrun(api, namespace, "count_slowly", {"detectors": ["det"], "num": 500, "delay": 0.05})
+        uid = pr["metadata"]["uid"]
+        assert dispatch(w, pr).status_code == 202
+        wait_record(w, uid, lambda r: (r.get("progress") or {}).get("done", 0) >= 2)
+        assert w.stop(timeout=30) == 0, w.log_tail()
+    # Written before the process ended: no one else would write it (the operator is not running).
+    status = (
+        api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, pr["metadata"]["name"]).get(
+            "status"
+        )
+        or {}
+    )
+    assert status.get("phase") == "Failed", status
+    assert status["reason"] == "WorkerLost" and "shut down mid-run" in status["message"], status
+    assert 2 <= status["documents"]["event"] < 500
+    assert status["documents"]["stop"] == 1  # the stop went out before the process ended
+    pairs = check_documents(kafka, own_topic, status, pr)
+    assert pairs[-1][0] == "stop" and pairs[-1][1]["exit_status"] == "abort"
