@@ -36,9 +36,6 @@ class RunNotes:
             note = self._notes[uid] = RunNote()
         return note
 
-    def peek(self, uid: str) -> RunNote | None:
-        return self._notes.get(uid)
-
     def forget(self, uid: str) -> None:
         self._notes.pop(uid, None)
 

@@ -22,7 +22,6 @@ class TokenSource:
 
     def __init__(self, token_file: str | None = None, env_token: str | None = None) -> None:
         self._file = Path(token_file) if token_file else None
-        self._env = env_token
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._token: str = ""

@@ -108,7 +108,6 @@ class Engine:
         self._reloading = False
         self.reload_pending = False
         self._thread: threading.Thread | None = None
-        self._on_idle: list[Callable[[], None]] = []
         self._interrupts: queue.Queue[Callable[[], Any]] = queue.Queue()
         self._interrupter: threading.Thread | None = None
 

@@ -62,7 +62,6 @@ class Run:
         self.requested_reason: str | None = None
         self.requested_message: str | None = None
         self.version = 0  # bumped on every change the status writer may want to see
-        self.phase_version = 0
         self.done = threading.Event()
         self._listeners: list[Callable[[Run], None]] = []
         # Kafka headers of every document of the run
@@ -89,7 +88,6 @@ class Run:
         with self.lock:
             if not may_transition(self.phase, phase):
                 return False
-            changed = phase != self.phase
             self.phase = phase
             if reason is not None:
                 self.reason = reason
@@ -102,8 +100,6 @@ class Run:
                 if self.start_time is None:
                     self.start_time = self.completion_time
             self.version += 1
-            if changed:
-                self.phase_version += 1
         self._notify()
         if phase in TERMINAL_PHASES:
             self.done.set()
