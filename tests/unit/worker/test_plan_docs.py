@@ -131,3 +131,46 @@ def test_summary_is_the_first_paragraph():
         Rest."""
 
     assert summary(two_line_summary) == "First line\nand second line."
+
+
+def test_numpydoc_section_first_and_last():
+    def plan(a, b):
+        """Parameters
+        ----------
+        a : int
+            the a
+            Table
+            -----
+            underlined inside a description
+        b : int
+            the b
+
+        See Also
+        --------
+        """
+        yield from ()
+
+    assert param_docs(plan) == {"a": "the a Table ----- underlined inside a description", "b": "the b"}
+
+    def ends_with_the_word(a):
+        """Look further down for the
+
+        Parameters"""  # a last line, with no underline: no heading
+
+    assert param_docs(ends_with_the_word) == {}
+
+
+def test_google_section_tolerates_blank_and_stray_lines():
+    def plan(a, b):
+        """Do it.
+
+        Parameters:
+                stray text before any parameter
+            a: the a
+
+            b (int): the b
+            See the manual.
+        """
+        yield from ()
+
+    assert param_docs(plan) == {"a": "the a", "b": "the b"}
