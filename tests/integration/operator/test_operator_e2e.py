@@ -33,7 +33,12 @@ pytestmark = pytest.mark.timeout(180)
 
 SLOW = {"detectors": ["det"], "num": 200, "delay": 0.1}  # ~20 s, checkpoint at every point
 
-WORKER_LOST_GRACE = OperatorSettings.model_fields["worker_lost_grace_seconds"].default  # the fixture keeps it
+# The operator fixture keeps these settings' defaults; the negative waits below are made of them.
+_DEFAULTS = {name: field.default for name, field in OperatorSettings.model_fields.items()}
+WORKER_LOST_GRACE = _DEFAULTS["worker_lost_grace_seconds"]
+ACTIVE_POLL = _DEFAULTS["active_poll_seconds"]  # how often an active run's worker is asked about it
+BEAMLINE_REFRESH = _DEFAULTS["beamline_refresh_seconds"]  # the longest between two looks at a worker
+EVENTS_PER_SECOND = _DEFAULTS["events_per_second"]  # the budget Events are posted within
 
 
 def quick(num: int = 1) -> dict:
@@ -317,7 +322,9 @@ def test_operator_sigkill_mid_queue_loses_and_repeats_nothing(cluster, api, name
 
         wait_for(f"{kill_after} runs done", done, 60, 0.05)
         operator.kill()
-        time.sleep(0.5)
+        # Down for about three runs (num x delay each): the run in flight at the kill ends on the
+        # worker with no operator watching, and the restart has to learn that from the worker.
+        time.sleep(3 * params["num"] * params["delay"])
         operator.start()
     for i in range(n):
         wait_phase(api, namespace, f"k{i:02d}", "Succeeded", timeout=60)
@@ -344,7 +351,8 @@ def test_worker_sigkill_mid_run_is_worker_lost_then_queue_continues(
     bl.worker.kill()
     t0 = time.monotonic()
     victim = wait_phase(api, namespace, "victim", "Failed", timeout=30)
-    elapsed = time.monotonic() - t0
+    failed_at = time.monotonic()
+    elapsed = failed_at - t0
     assert victim["status"]["reason"] == "WorkerLost" and elapsed <= 30
     assert (
         next(c for c in victim["status"]["conditions"] if c["type"] == "Succeeded")["reason"] == "WorkerLost"
@@ -361,7 +369,10 @@ def test_worker_sigkill_mid_run_is_worker_lost_then_queue_continues(
         )["metadata"].get("finalizers")
         or []
     )
-    time.sleep(1)
+    # The victim's end wakes the dispatcher at once, and the monitor looks at the (dead) worker at
+    # least every BEAMLINE_REFRESH seconds: one such period after the failure, a dispatch to a
+    # worker taken for ready would have written Dispatched.
+    time.sleep(max(0.0, failed_at + BEAMLINE_REFRESH - time.monotonic()))
     assert get_pr(api, namespace, "next")["status"]["phase"] == "Queued"  # held while the worker is down
     bl.worker.start()
     wait_phase(api, namespace, "next", "Succeeded", timeout=60)
@@ -387,8 +398,11 @@ def test_changes_while_the_operator_is_down_are_acted_on_after_restart(
     wait_phase(api, namespace, "long", "Paused", timeout=20)
     operator.kill()
     cluster.kubectl("delete", "planrun", "long", "-n", namespace, "--wait=false")
-    time.sleep(0.5)
-    assert get_pr(api, namespace, "long") is not None  # held by the finalizer until aborted
+    # No wait needed: the apiserver removes an object without finalizers in the DELETE itself, and
+    # only the operator (down) removes this one's.
+    held = get_pr(api, namespace, "long")
+    assert held is not None  # held by the finalizer until aborted
+    assert held["metadata"].get("deletionTimestamp") and FINALIZER in held["metadata"]["finalizers"]
     operator.start()
     wait_for("deletion after the abort", lambda: get_pr(api, namespace, "long") is None, 30)
     (rec,) = worker_history(bl.worker)
@@ -423,7 +437,10 @@ def test_a_run_that_ends_while_the_operator_is_down_gets_its_event_once(
         return next((ln for ln in this_start.splitlines() if "transitions seen on start" in ln), None)
 
     assert "0 Events posted" in wait_for("the second start's look at recent transitions", looked, 30)
-    time.sleep(1)
+    # Events are posted from a queue within EVENTS_PER_SECOND: one this start had queued anyway (the
+    # live path taking the listing for a transition, before the line above) would be out within the
+    # time of ten, the few other Events of this start ahead of it included.
+    time.sleep(10 / EVENTS_PER_SECOND)
     assert len(succeeded_events()) == 1  # not posted again: it has one
 
 
@@ -585,7 +602,10 @@ def test_token_rotation_mid_run_loses_nothing(cluster, api, namespace, operator,
 
     wait_for("the Beamline shows the worker refusing the operator's token", refused, 30)
     assert operator.metric("kubesky_operator_worker_errors_total", {"beamline": "rot"}) > 0
-    time.sleep(WORKER_LOST_GRACE + 2)  # past the WorkerLost grace: a refused token is not a lost worker
+    # Past the WorkerLost grace: the first refused liveness check came at most ACTIVE_POLL after the
+    # token changed, a WorkerLost would be decided at the first check a grace later, one more
+    # ACTIVE_POLL at most. A refused token is not a lost worker.
+    time.sleep(WORKER_LOST_GRACE + 2 * ACTIVE_POLL)
     assert get_pr(api, namespace, name)["status"]["phase"] == "Running"
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rot-token"}}
     kubectl_apply(cluster, namespace, {**secret, "stringData": {"token": new_token}})

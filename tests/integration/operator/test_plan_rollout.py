@@ -17,6 +17,7 @@ from kubesky_operator.api import GROUP, VERSION
 from kubesky_operator.api.plan_sources import configmaps_plan_set_hash
 
 from tests.helpers.configmap_volume import project
+from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config
 
 from .conftest import (
@@ -246,6 +247,11 @@ def waiting_for_plans(cluster, namespace: str, name: str) -> list[dict]:
     return json.loads(out)["items"]
 
 
+def reloads(w: WorkerProcess) -> float:
+    """Plan reloads the worker has done (each POST /v1/reload of a rollout is one)."""
+    return sample_sum(httpx.get(f"{w.url}/metrics", timeout=5).text, "kubesky_worker_plan_reloads_total")
+
+
 def test_planrun_applied_with_its_configmap_waits_for_the_projection(
     cluster, namespace, api, rollout_beamline
 ):
@@ -259,7 +265,11 @@ def test_planrun_applied_with_its_configmap_waits_for_the_projection(
     kubectl_apply(cluster, namespace, planrun_manifest(name, bl.name, "arrives_later", {}))
     events = wait_for("WaitingForPlans event", lambda: waiting_for_plans(cluster, namespace, name), 20)
     assert "arrives_later" in events[0]["message"]
-    time.sleep(2.0)  # the kubelet has not synced yet: still waiting, not rejected
+    # The kubelet has not synced yet: still waiting, not rejected. The rollout asks the worker to
+    # reload (at once, then after 0.5 s, 1 s, ...) and each reload serves the old plan set: two
+    # more of them and the rollout has had two answers it could have wrongly ended the wait on.
+    before = reloads(bl.worker)
+    wait_for("two reloads of the rollout", lambda: reloads(bl.worker) >= before + 2, 20)
     held = wait_phase(api, namespace, name, {"Queued", "Rejected", "Running", "Succeeded"}, timeout=5)
     assert held["status"]["phase"] == "Queued", held["status"]
     project(rollout.plans_dir, data)  # the kubelet's sync

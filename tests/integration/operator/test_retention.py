@@ -8,6 +8,7 @@ import time
 
 import pytest
 from kubesky_operator.planrun_status import parse_rfc3339
+from kubesky_operator.retention import PASS_SECONDS
 
 from tests.helpers.kafka_docs import read_range
 
@@ -26,6 +27,7 @@ TERMINAL = {"Succeeded", "Failed", "Stopped", "Aborted", "Rejected", "Cancelled"
 SECONDS_EACH = {"detectors": ["det"], "num": 3, "delay": 0.4}  # finished a second or more apart
 
 SHORT_TTL = 6  # seconds
+DELETE_AFTER_RESOLUTION = 1.0  # status.deleteAfter is written to the second, rounded down
 
 
 def kept(manifest: dict) -> dict:
@@ -48,7 +50,7 @@ def test_history_limits_delete_the_oldest_finished_runs_only(
     for name in ("bad-0", "bad-1"):
         kubectl_apply(cluster, namespace, planrun_manifest(name, "sim", "no_such_plan", {}))
         wait_phase(api, namespace, name, "Rejected", timeout=30)
-        time.sleep(1.1)
+        time.sleep(1.1)  # completionTime is to the second: bad-0 must be the older one
     kubectl_apply(
         cluster, namespace, kept(planrun_manifest("keep-me", "sim", "count", {"detectors": ["det"]}))
     )
@@ -64,7 +66,10 @@ def test_history_limits_delete_the_oldest_finished_runs_only(
     )
     left = lambda: {p["metadata"]["name"] for p in list_prs(api, namespace)}  # noqa: E731
     wait_for("the history limits applied", lambda: "ok-1" not in left() and "bad-0" not in left(), 60, 0.3)
-    time.sleep(2 * 5.0)  # two more retention passes: nothing else goes
+    # Retention looks again at a beamline whose history changed (these deletions change it) at most
+    # PASS_SECONDS later: two periods hold the pass after the deletions were seen, where a limit
+    # applied wrongly would delete more. Nothing else goes.
+    time.sleep(2 * PASS_SECONDS)
     assert left() == {"ok-2", "ok-3", "bad-1", "keep-me", "waiting"}
     # Its documents are where they were.
     k = oldest["kafka"]
@@ -101,7 +106,9 @@ def test_ttl_deletes_after_its_time_even_across_an_operator_restart(
     completed = get_pr(api, namespace, "short")["status"]["completionTime"]
     assert short_after > completed and default_after > short_after
     operator.kill()  # the deletion is due while the operator is away
-    time.sleep(max(0.0, parse_rfc3339(short_after) - time.time()) + 2)
+    # Until the deletion is due (deleteAfter, rounded down, plus its resolution): nothing but the
+    # operator deletes it, so it is still there, and the restarted operator must catch up.
+    time.sleep(max(0.0, parse_rfc3339(short_after) + DELETE_AFTER_RESOLUTION - time.time()))
     assert get_pr(api, namespace, "short") is not None
     operator.start()
     wait_for("the TTL deletion after the restart", lambda: get_pr(api, namespace, "short") is None, 30, 0.3)

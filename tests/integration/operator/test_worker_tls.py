@@ -36,6 +36,7 @@ from .conftest import kubectl_apply, new_name, planrun_manifest, wait_for, wait_
 pytestmark = pytest.mark.timeout(240)
 
 CA_SECRET = "kubesky-worker-ca"
+MONITOR_LOOP_NOT_READY = 1.0  # seconds; BeamlineMonitor._loop while its worker is not ready
 
 
 class TLSWorkerProcess(WorkerProcess):
@@ -225,7 +226,11 @@ def test_in_cluster_beamline_gets_its_tls_secret_and_network_policy(
     current = secret_data(cluster, namespace, "tls-worker-tls")
     op.stop()
     op.start()
-    time.sleep(2 * WORKER_OBJECTS_RESYNC + 1)  # a resume pass and two resync passes: nothing reissued
+    # A resume pass (when the restarted operator lists the Beamline) and two resync passes, every
+    # WORKER_OBJECTS_RESYNC from then, each run by the Beamline's monitor at its first loop after
+    # it is due (a loop a second while the worker is not ready, as here: no kubelet): nothing
+    # reissued.
+    time.sleep(2 * WORKER_OBJECTS_RESYNC + MONITOR_LOOP_NOT_READY)
     assert secret_data(cluster, OPERATOR_NAMESPACE, CA_SECRET) == ca_data
     assert secret_data(cluster, namespace, "tls-worker-tls") == current
 
