@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from tests.helpers.eventually import eventually
 from tests.helpers.worker_process import WorkerProcess, sim_config, worker_process
 
 PLANS = textwrap.dedent(
@@ -68,8 +69,11 @@ def start(c, **params) -> str:
     run_id = str(uuid.uuid4())
     r = c.post("/v1/runs", json={"id": run_id, "plan": "blocking", "params": params})
     assert r.status_code == 202, r.text
-    wait(c, run_id, lambda r: r["phase"] == "Running")
-    time.sleep(0.5)  # inside time.sleep now
+    # Inside time.sleep now: the run's start document is counted (no Kafka here: at once), and all
+    # the plan does between it and the block is a checkpoint.
+    eventually(
+        "the run's start document", lambda: c.get(f"/v1/runs/{run_id}").json().get("runUids"), 30, 0.02
+    )
     return run_id
 
 

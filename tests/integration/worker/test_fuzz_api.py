@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from kubesky_operator.api.limits import MAX_BYTES, MAX_NESTING
 from kubesky_worker.app import create_app
 
+from tests.helpers.eventually import eventually
 from tests.helpers.worker_process import EXAMPLE_PLANS, WorkerProcess, sim_config, worker_process
 
 EXAMPLES = int(os.environ.get("KUBESKY_FUZZ_EXAMPLES", "25"))
@@ -106,7 +107,8 @@ def tally(request: pytest.FixtureRequest) -> Tally:
 
 
 # A plan that holds the RunEngine's event loop, as one computing a large array does (a step_scan of
-# 10^8 points spends seconds in numpy.linspace there).
+# 10^8 points spends seconds in numpy.linspace there). In a run: its start document, the last thing
+# before the hold, tells a test that the hold has begun.
 HOLD_LOOP = """
 import time
 
@@ -114,9 +116,9 @@ import bluesky.plan_stubs as bps
 
 
 def hold_loop(seconds: float = 3.0):
-    yield from bps.null()
+    yield from bps.open_run()
     time.sleep(seconds)
-    yield from bps.null()
+    yield from bps.close_run()
 """
 
 
@@ -314,7 +316,8 @@ def test_the_api_answers_while_a_plan_holds_the_runengine_loop(worker: WorkerPro
     with worker.client(timeout=30) as c:
         r = c.post("/v1/runs", json={"id": run_id, "plan": "hold_loop", "params": {"seconds": 4}})
         assert r.status_code == 202, r.text
-        time.sleep(1.0)  # the plan is in time.sleep, on the RunEngine's loop
+        # The plan is in time.sleep, on the RunEngine's loop, once its start document is counted.
+        eventually("the run's start document", lambda: c.get(f"/v1/runs/{run_id}").json().get("runUids"), 10)
         started = time.monotonic()
         assert c.post(f"/v1/runs/{run_id}/control", json={"action": "stop"}).status_code == 200
         for path in ("/v1/state", "/healthz", "/readyz", "/metrics", f"/v1/runs/{run_id}", "/v1/runs"):

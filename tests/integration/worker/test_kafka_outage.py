@@ -6,14 +6,17 @@ in order, and the run succeeds."""
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections import Counter
 
 import pytest
 import yaml
+from kubesky_worker.logs import limit_library_logs
 
 from tests.helpers.beamlines import external_beamline
+from tests.helpers.eventually import eventually
 from tests.helpers.kafka_docs import check_run_order, read_range, validate_documents
 from tests.helpers.metrics import sample_sum
 from tests.helpers.worker_process import WorkerProcess, sim_config
@@ -43,6 +46,10 @@ def _pending(c) -> float:
 
 
 BOUND = 100
+# The RunEngine held at the bound looks at the backlog again this often (publisher._wait_for_room).
+ROOM_RECHECK = 1.0
+# aiokafka's repeated lines pass once per message every this many seconds (kubesky_worker.logs).
+LOG_INTERVAL = inspect.signature(limit_library_logs).parameters["interval"].default
 
 
 def _submit(c, num: int, delay: float = 0.0) -> str:
@@ -76,8 +83,18 @@ def test_kafka_outage_holds_the_run_until_its_documents_are_delivered(own_kafka,
 
             own_kafka.stop()  # the outage begins
             run_id = _submit(c, 300)
-            # the plan would emit its 303 documents in well under a second; none can be delivered
-            time.sleep(3.0)
+            # the plan would emit its 303 documents in well under a second; none can be delivered:
+            # the RunEngine stops at the bound...
+            eventually(
+                "the RunEngine held at the bound",
+                lambda: _gauge(c, "kubesky_worker_publish_blocked") == 1,
+                30,
+                0.05,
+                diag=w.log_tail,
+            )
+            # ...and stays there: held, it looks at the backlog every ROOM_RECHECK seconds; after two
+            # looks it has had two chances to go on past the bound or to end the run
+            time.sleep(2 * ROOM_RECHECK)
             during = c.get(f"/v1/runs/{run_id}").json()
             assert during["phase"] == "Running", during
             assert BOUND <= _pending(c) <= BOUND + 1  # the RunEngine waits at the bound
@@ -175,7 +192,9 @@ def test_kafka_outage_is_visible_and_its_log_bounded(own_kafka, cluster, crds, n
             state = c.get("/v1/state").json()
             assert state["delivery"]["pending"] >= 7, state  # start, descriptor, 5 events, stop
             assert _gauge(c, "kubesky_worker_publish_blocked") == 1  # the run's end waits for Kafka
-            time.sleep(max(0.0, 20.0 - (time.monotonic() - t0)))
+            # The outage lasts two of the log limit's intervals: each of aiokafka's repeated lines
+            # then shows its first and its summarised next (a log of thousands a second shows at once).
+            time.sleep(max(0.0, 2 * LOG_INTERVAL - (time.monotonic() - t0)))
             assert _gauge(c, "kubesky_worker_kafka_send_errors_total") > errors_before
             outage = time.monotonic() - t0
             with open(w.log_path, "rb") as f:
