@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.request
 import uuid
 from collections import Counter
 
@@ -17,8 +18,10 @@ import pytest
 import yaml
 from kubesky_operator.beamline_policy import SECRET_OPT_IN
 from kubesky_operator.beamline_resources import tls_secret_name, worker_name
+from kubesky_operator.queue import FINALIZER
 
 from tests.helpers.kafka_docs import KafkaDoc, check_run_order, read_range, validate_documents
+from tests.helpers.metrics import sample_sum
 from tests.infra.node import GATEWAY, LAB, RELEASE_NS, NodeCluster
 from tests.infra.services import REPO_ROOT, ControlPlane
 from tests.infra.tiled_server import TiledServer
@@ -229,7 +232,14 @@ def lose_worker_mid_run(nc: NodeCluster, how: str) -> None:
     name = f"lost-{how}-{uuid.uuid4().hex[:6]}"
     long_count(cp, name)
     wait_phase(nc, name, {"Running"}, timeout=60)
-    time.sleep(1)
+
+    def under_way() -> bool:
+        """Mid-run: points are done, and the operator supervises the run (its finalizer)."""
+        run = planrun(cp, name)
+        done = ((run.get("status") or {}).get("progress") or {}).get("done") or 0
+        return done > 0 and FINALIZER in (run["metadata"].get("finalizers") or [])
+
+    wait_for(f"PlanRun {name} under way", under_way, 30, nc)
     pod = worker_pod(cp)
     t0 = time.monotonic()
     if how == "delete":
@@ -256,6 +266,16 @@ def test_worker_pod_deleted_mid_run(examples: NodeCluster) -> None:
 
 def test_worker_process_killed_mid_run(examples: NodeCluster) -> None:
     lose_worker_mid_run(examples, "kill")
+
+
+def policy_chains(nc: NodeCluster) -> float:
+    """kube-router's NetworkPolicy chains (kube_router_controller_policy_chains: one per policy and
+    IP family, set at the end of each of its syncs), read from its metrics port."""
+    assert nc.node is not None
+    (router,) = [p for p in nc.node.procs if p.name == "kube-router"]
+    (port,) = [a.split("=", 1)[1] for a in router.popen.args if a.startswith("--metrics-port=")]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return sample_sum(r.read().decode(), "kube_router_controller_policy_chains")
 
 
 def probe_pod(
@@ -427,9 +447,17 @@ def test_the_operators_network_policy_admits_only_the_operator(examples: NodeClu
     assert rule["ports"] == [{"protocol": "TCP", "port": port}]
     chart_policy = get_json(cp, "networkpolicy", "kubesky-workers", "-n", LAB)
     assert chart_policy, "the chart's NetworkPolicy is missing"
+    chains = policy_chains(examples)
     cp.kubectl("delete", "networkpolicy", "kubesky-workers", "-n", LAB)
     try:
-        time.sleep(2)  # kube-router follows NetworkPolicy events
+        # kube-router follows NetworkPolicy events with a sync: until it has dropped the chart's
+        # policy, that policy (admitting the same peers) would make what follows prove nothing.
+        wait_for(
+            "kube-router's sync without the chart's policy",
+            lambda: policy_chains(examples) < chains,
+            60,
+            examples,
+        )
         assert probe_pod(examples, "probe-op-kafka", LAB, "kafka.kafka.svc", 9092).startswith("CONNECTED")
         refused = probe_pod(examples, "probe-op-worker", LAB, service, port)
         assert refused.startswith("REFUSED"), refused
