@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 reloader.cancel()
 
     scheme = "https" if tls else "http"
-    print(f"kubesky-worker listening on {scheme}://{shown}:{port}", flush=True)
+    # One write: print() writes the line and its newline apart, and the starting worker's log
+    # lines (another thread, same file) could land in between, gluing a date to the port.
+    sys.stdout.write(f"kubesky-worker listening on {scheme}://{shown}:{port}\n")
+    sys.stdout.flush()
     log.info(
         "kubesky-worker %s listening on %s://%s:%d (beamline %s)",
         worker.name,
