@@ -1,5 +1,13 @@
-"""The Helm chart against the real apiserver: lint, render, server-side dry run, install, values
-validation, and least privilege of the identities it and the operator create."""
+"""The Helm chart on its own terms, against the real apiserver: `helm lint`, what the default and
+the full values render (which objects, the operator pod's hardening), the server-side dry run of
+both, values the schema refuses naming the key, and the pods passing the `restricted` Pod Security
+admission.
+
+Elsewhere: the rendered manifests checked against the code that consumes them (selectors, ports,
+the operator's settings, namespaces, exact RBAC rules, the CRDs, packaging) in test_chart_render;
+`helm install`, upgrade and uninstall, and the installed identities' least privilege when the
+operator watches listed namespaces, in test_chart_install; least privilege with the default values
+and the chart's admission policies enforced in test_rbac."""
 
 from __future__ import annotations
 
@@ -7,54 +15,18 @@ import uuid
 
 import pytest
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from kubesky_operator import beamline_resources
 from kubesky_operator.api import BeamlineSpec
 
-from tests.helpers.beamlines import worker_identity
-from tests.helpers.operator_process import request_token
-from tests.infra.services import REPO_ROOT
-
-CHART = REPO_ROOT / "charts" / "kubesky"
-FULL_VALUES = CHART / "ci" / "full-values.yaml"
-
-# The Prometheus Operator's ServiceMonitor kind, just enough for the server to accept one.
-SERVICE_MONITOR_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"""
-
-
-POD_MONITOR_CRD = SERVICE_MONITOR_CRD.replace("servicemonitor", "podmonitor").replace(
-    "ServiceMonitor", "PodMonitor"
-)
+from tests.helpers.chart import CHART, FULL_VALUES, apply_monitoring_crds, render, values_file
 
 
 @pytest.fixture(scope="module")
 def chart_cluster(cluster, crds):
     for ns in ("kubesky-system", "beamlines", "lab"):
         cluster.kubectl("create", "namespace", ns, check=False)
-    for crd, name in ((SERVICE_MONITOR_CRD, "servicemonitors"), (POD_MONITOR_CRD, "podmonitors")):
-        cluster.kubectl("apply", "-f", "-", input=crd)
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}.monitoring.coreos.com")
+    apply_monitoring_crds(cluster)
     return cluster
-
-
-def render(cluster, *args: str) -> list[dict]:
-    out = cluster.helm("template", "kubesky", str(CHART), "--namespace", "kubesky-system", *args).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def kinds(docs: list[dict]) -> set[tuple[str, str]]:
@@ -92,26 +64,8 @@ def test_default_render(chart_cluster):
         ("NetworkPolicy", "kubesky-workers"),
     ]:
         assert expected in got, f"{expected} not rendered; got {sorted(got)}"
-    assert not any(k == "ServiceMonitor" for k, _ in got)
-    # By default the operator watches the release namespace only: nothing of it is cluster-wide
-    # but its own webhook configuration, by name.
-    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    assert binding["roleRef"]["name"] == "kubesky-operator-webhook"
-    (webhook_role,) = [
-        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "kubesky-operator-webhook"
-    ]
-    assert webhook_role["rules"] == [
-        {
-            "apiGroups": ["admissionregistration.k8s.io"],
-            "resources": ["validatingwebhookconfigurations"],
-            "resourceNames": ["kubesky-operator-webhook"],
-            "verbs": ["get", "patch"],
-        }
-    ]
-    assert ("ClusterRole", "kubesky-operator") not in got
-    assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")} == {
-        "kubesky-system"
-    }
+    # No ServiceMonitor by default, and the scope of the operator's RBAC (the release namespace,
+    # nothing cluster-wide but its webhook configuration): test_chart_render.
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -120,16 +74,9 @@ def test_default_render(chart_cluster):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["memory"]
-    # The chart's CRDs are the repository's, byte for byte in content.
-    crd_files = {
-        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
-        for p in (REPO_ROOT / "crds").glob("*.yaml")
-    }
-    for d in docs:
-        if d["kind"] == "CustomResourceDefinition":
-            assert d == crd_files[d["metadata"]["name"]]
+    # Its probes (test_chart_render) and the CRDs the chart carries (test_chart_render, rendered and
+    # packaged; test_chart_install, served) are checked where they are consumed.
 
 
 def test_rendered_manifests_pass_server_dry_run(chart_cluster):
@@ -146,69 +93,11 @@ def test_full_values_render_everything(chart_cluster):
     got = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs}
     assert ("ServiceMonitor", "kubesky-system", "kubesky-operator") in got
     assert ("PodMonitor", "kubesky-system", "kubesky-workers") in got
-    assert ("Role", "beamlines", "kubesky-operator") in got and ("Role", "lab", "kubesky-operator") in got
-    assert ("NetworkPolicy", "beamlines", "kubesky-workers") in got
     assert ("Beamline", "beamlines", "i22") in got and ("ConfigMap", "beamlines", "i22-plans") in got
     i22 = next(d for d in docs if d["kind"] == "Beamline" and d["metadata"]["name"] == "i22")
     assert {"name": "i22-plans"} in i22["spec"]["plans"]["configMaps"]
-    args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0][
-        "args"
-    ]
-    assert "--namespace=beamlines" in args and "--namespace=lab" in args
-    env = {
-        e["name"]: e.get("value")
-        for e in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
-            0
-        ]["env"]
-    }
-    assert env["KUBESKY_ALLOWED_WORKER_IMAGES"] == "registry.example.org/i22/worker,registry.example.org/lab/"
-    assert env["KUBESKY_ALLOWED_WORKER_SERVICE_ACCOUNTS"] == "i22-instrument"
-    assert env["KUBESKY_ALLOWED_ENDPOINT_HOSTS"] == "i22-ws1.example.org,lab-bench.example.org"
-
-
-def test_helm_install_creates_the_objects(chart_cluster):
-    release = f"kubesky-{uuid.uuid4().hex[:6]}"
-    values = yaml.safe_load(FULL_VALUES.read_text())
-    values["operator"]["serviceAccount"]["name"] = release  # cluster-scoped names must not clash
-    values_file = chart_cluster.workdir / f"{release}.yaml"
-    values_file.write_text(yaml.safe_dump(values))
-    out = chart_cluster.helm(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        "kubesky-system",
-        "-f",
-        str(values_file),
-        "--wait=false",
-    )
-    assert "STATUS: deployed" in out.stdout
-    try:
-        admin = chart_cluster.api_client()
-        apps = client.AppsV1Api(admin)
-        rbac = client.RbacAuthorizationV1Api(admin)
-        custom = client.CustomObjectsApi(admin)
-        core = client.CoreV1Api(admin)
-        assert apps.read_namespaced_deployment(f"{release}-operator", "kubesky-system").spec.replicas == 1
-        for ns in ("beamlines", "lab"):
-            assert rbac.read_namespaced_role(f"{release}-operator", ns).rules
-        with pytest.raises(ApiException) as err:  # nothing cluster-wide for the operator
-            rbac.read_cluster_role(f"{release}-operator")
-        assert err.value.status == 404
-        assert rbac.read_cluster_role("kubesky-plan-author").rules
-        admission = client.AdmissionregistrationV1Api(admin)
-        assert admission.read_validating_admission_policy(f"{release}-operator-pods").spec.validations
-        binding = admission.read_validating_admission_policy_binding(f"{release}-worker-planrun-status")
-        assert binding.spec.validation_actions == ["Deny"]
-        bl = custom.get_namespaced_custom_object("kubesky.io", "v1alpha1", "beamlines", "beamlines", "i22")
-        assert bl["spec"]["kafka"]["topic"] == "i22.bluesky.runengine.documents"
-        assert "saxs_count" in core.read_namespaced_config_map("i22-plans", "beamlines").data["saxs_plans.py"]
-        # The CRDs the chart carries are served (installed or kept by helm).
-        assert (
-            chart_cluster.kubectl("get", "crd", "planruns.kubesky.io", "beamlines.kubesky.io").returncode == 0
-        )
-    finally:
-        chart_cluster.helm("uninstall", release, "--namespace", "kubesky-system", check=False)
+    # The operator's Role and the NetworkPolicy in each watched namespace, and the watched
+    # namespaces and allow-lists in the operator's args and environment: test_chart_render.
 
 
 @pytest.mark.parametrize(
@@ -245,6 +134,10 @@ def test_helm_install_creates_the_objects(chart_cluster):
             {"operator": {"imagePullSecrets": [{}]}},
             "at '/operator/imagePullSecrets/0': missing property 'name'",
         ),
+        (
+            {"namespaces": ["beamlines"], "beamlines": [{"name": "i22", "namespace": "lab"}]},
+            'beamlines[0] (i22) is in namespace "lab", which the operator does not watch',
+        ),
     ],
     ids=[
         "negative-replicas",
@@ -260,141 +153,17 @@ def test_helm_install_creates_the_objects(chart_cluster):
         "bad-plan-file-name",
         "kafka-without-servers",
         "pull-secret-without-name",
+        "beamline-outside-watched-namespaces",
     ],
 )
 def test_bad_values_fail_install_naming_the_key(chart_cluster, values, message):
-    values_file = chart_cluster.workdir / f"bad-{uuid.uuid4().hex[:6]}.yaml"
-    values_file.write_text(yaml.safe_dump(values))
+    path = values_file(chart_cluster, f"bad-{uuid.uuid4().hex[:6]}", values)
     out = chart_cluster.helm(
-        "install", "bad", str(CHART), "--namespace", "kubesky-system", "-f", str(values_file), check=False
+        "install", "bad", str(CHART), "--namespace", "kubesky-system", "-f", path, check=False
     )
     assert out.returncode != 0
     assert message in out.stderr, out.stderr
     assert chart_cluster.helm("status", "bad", "--namespace", "kubesky-system", check=False).returncode != 0
-
-
-def _status(exc_info) -> int:
-    return exc_info.value.status
-
-
-def test_operator_rbac_is_not_excessive(chart_cluster, tmp_path):
-    """The chart's operator identity, watching two namespaces, holds nothing beyond them."""
-    release = f"rbac-{uuid.uuid4().hex[:6]}"
-    manifest = chart_cluster.helm(
-        "template",
-        release,
-        str(CHART),
-        "--namespace",
-        "kubesky-system",
-        "--set",
-        f"operator.serviceAccount.name={release}",
-        "--set",
-        "namespaces={beamlines,lab}",
-        "--show-only",
-        "templates/operator-rbac.yaml",
-    ).stdout
-    chart_cluster.kubectl("apply", "-f", "-", input=manifest)
-    elsewhere = f"elsewhere-{uuid.uuid4().hex[:6]}"
-    chart_cluster.kubectl("create", "namespace", elsewhere)
-    admin_core = client.CoreV1Api(chart_cluster.api_client())
-    for ns in (elsewhere, "beamlines"):
-        admin_core.create_namespaced_secret(
-            ns, {"metadata": {"name": f"{release}-probe"}, "stringData": {"k": "v"}}
-        )
-    token = request_token(chart_cluster.api_client(), "kubesky-system", release)
-    as_operator = chart_cluster.api_client(chart_cluster.token_kubeconfig(token, tmp_path / "op.kubeconfig"))
-    core = client.CoreV1Api(as_operator)
-    rbac = client.RbacAuthorizationV1Api(as_operator)
-    # What it needs, in a watched namespace:
-    assert core.read_namespaced_secret(f"{release}-probe", "beamlines").data
-    client.CustomObjectsApi(as_operator).list_namespaced_custom_object(
-        "kubesky.io", "v1alpha1", "beamlines", "planruns"
-    )
-    # Nothing beyond:
-    with pytest.raises(ApiException) as err:
-        core.read_namespaced_secret(f"{release}-probe", elsewhere)
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        core.list_secret_for_all_namespaces()
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        core.delete_namespace(elsewhere)
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        core.list_node()
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        core.delete_node("any")
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:  # no escalation to cluster-admin
-        rbac.create_cluster_role_binding(
-            {
-                "metadata": {"name": f"{release}-escalate"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "cluster-admin",
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": release, "namespace": "kubesky-system"}],
-            }
-        )
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:  # nor through a Role binding cluster-admin in its namespace
-        rbac.create_namespaced_role_binding(
-            "beamlines",
-            {
-                "metadata": {"name": f"{release}-escalate"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "cluster-admin",
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": release, "namespace": "kubesky-system"}],
-            },
-        )
-    assert _status(err) == 403
-
-
-def test_worker_identity_patches_status_only_in_its_namespace(cluster, crds, tmp_path):
-    """The Role the operator gives a worker: patch PlanRun status in its own namespace, nothing else."""
-    home, other = (f"w-{uuid.uuid4().hex[:6]}" for _ in range(2))
-    for ns in (home, other):
-        cluster.kubectl("create", "namespace", ns)
-        cluster.kubectl(
-            "apply",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input="apiVersion: kubesky.io/v1alpha1\nkind: PlanRun\nmetadata: {name: pr}\nspec: {beamline: sim, plan: count}\n",
-        )
-        client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
-            ns, {"metadata": {"name": "probe"}, "stringData": {"k": "v"}}
-        )
-    kubeconfig = worker_identity(cluster, home, tmp_path / "worker.kubeconfig")
-    as_worker = cluster.api_client(kubeconfig)
-    custom = client.CustomObjectsApi(as_worker)
-    status = {"status": {"phase": "Running"}}
-    got = custom.patch_namespaced_custom_object_status(
-        "kubesky.io", "v1alpha1", home, "planruns", "pr", status
-    )
-    assert got["status"]["phase"] == "Running"
-    with pytest.raises(ApiException) as err:
-        custom.patch_namespaced_custom_object_status(
-            "kubesky.io", "v1alpha1", other, "planruns", "pr", status
-        )
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        custom.get_namespaced_custom_object("kubesky.io", "v1alpha1", other, "planruns", "pr")
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:  # the spec is the user's
-        custom.patch_namespaced_custom_object(
-            "kubesky.io", "v1alpha1", home, "planruns", "pr", {"spec": {"state": "Abort"}}
-        )
-    assert _status(err) == 403
-    with pytest.raises(ApiException) as err:
-        client.CoreV1Api(as_worker).read_namespaced_secret("probe", home)
-    assert _status(err) == 403
 
 
 def _pod_from_template(deployment: dict, namespace: str) -> dict:

@@ -1,7 +1,13 @@
-"""The packaged chart installed into an empty control plane of its own (no CRDs yet): the CRDs come
-from the chart, a GitOps upgrade rolls out a plan change, and the identities it creates are least
-privilege: the operator's ServiceAccount (token from the TokenRequest API) and the worker identity
-that the operator, under that token, grants in a watched namespace."""
+"""The packaged chart `helm install`ed with its full values (ci/full-values.yaml, the i22 plans
+this module's own) into an empty control plane of its own (no kubesky CRDs yet): the CRDs come from
+the chart and every object the values ask for is created, a GitOps upgrade rolls out a plan change,
+an uninstall keeps the CRDs and the records, and the identities it creates, with the operator
+watching listed namespaces, are least privilege: the operator's ServiceAccount (token from the
+TokenRequest API; `kubectl auth can-i` and real calls) and the worker identity that the operator,
+under that token, grants in a watched namespace.
+
+What the chart renders is test_chart's and test_chart_render's; least privilege with the default
+values (the release namespace watched) and the admission policies enforced is test_rbac's."""
 
 from __future__ import annotations
 
@@ -18,13 +24,12 @@ from kubernetes.client.exceptions import ApiException
 from kubesky_operator import beamline_resources
 from kubesky_operator.api import GROUP, VERSION
 
+from tests.helpers.chart import CHART, FULL_VALUES, RELEASE_NS, apply_monitoring_crds, can_i, role_binding
 from tests.helpers.operator_process import request_token
 from tests.infra.services import REPO_ROOT, ControlPlane
 
-CHART = REPO_ROOT / "charts" / "kubesky"
 RELEASE = "kubesky"
-RELEASE_NS = "kubesky-system"
-WATCHED = ["beamlines", "lab"]
+WATCHED = ["beamlines", "lab"]  # the full values' namespaces
 ELSEWHERE = "elsewhere"
 OPERATOR_SA = "kubesky-operator"
 CRDS = ["planruns.kubesky.io", "beamlines.kubesky.io"]
@@ -35,20 +40,13 @@ NEW_MODULE = '"""Alignment."""\n\n\ndef align():\n    yield from []\n'
 
 
 def values(plans: dict[str, str]) -> dict[str, Any]:
-    return {
-        "namespaces": WATCHED,
-        "beamlines": [
-            {
-                "name": "i22",
-                "namespace": "beamlines",
-                "spec": {
-                    "plans": {"modules": ["bluesky.plans"], "include": ["count"]},
-                    "kafka": {"bootstrapServers": "kafka.kafka.svc:9092"},
-                },
-                "plans": plans,
-            }
-        ],
-    }
+    """The full values, beamline i22 (in namespace beamlines) with `plans` as its plan sources."""
+    full = yaml.safe_load(FULL_VALUES.read_text())
+    assert full["namespaces"] == WATCHED
+    (i22,) = [b for b in full["beamlines"] if b["name"] == "i22"]
+    assert i22["namespace"] == "beamlines"
+    i22["plans"] = plans
+    return full
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Installed:
 
 @pytest.fixture(scope="module")
 def fresh(built, services_root) -> Iterator[ControlPlane]:
-    """A control plane of this module's own: its first CRDs will be the chart's."""
+    """A control plane of this module's own: its kubesky CRDs will be the chart's."""
     bin_dir, _ = built
     cp = ControlPlane(services_root / f"chart-fresh-{uuid.uuid4().hex[:6]}", bin_dir)
     try:
@@ -84,6 +82,7 @@ def installed(fresh: ControlPlane) -> Installed:
         assert fresh.kubectl("get", "crd", crd, check=False).returncode != 0, "not a fresh cluster"
     for ns in [*WATCHED, ELSEWHERE]:
         fresh.kubectl("create", "namespace", ns)
+    apply_monitoring_crds(fresh)  # the full values' ServiceMonitor and PodMonitor
     workdir = fresh.workdir / "chart"
     workdir.mkdir()
     fresh.helm("package", str(CHART), "--destination", str(workdir))
@@ -112,7 +111,9 @@ def test_install_creates_crds_and_objects(installed: Installed):
         assert served["spec"]["versions"][0]["schema"] == source["spec"]["versions"][0]["schema"]
     admin = installed.admin()
     apps, core, rbac = client.AppsV1Api(admin), client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
-    pod = apps.read_namespaced_deployment(f"{RELEASE}-operator", RELEASE_NS).spec.template.spec
+    deployment = apps.read_namespaced_deployment(f"{RELEASE}-operator", RELEASE_NS)
+    assert deployment.spec.replicas == 1
+    pod = deployment.spec.template.spec
     assert pod.service_account_name == OPERATOR_SA
     assert pod.containers[0].security_context.read_only_root_filesystem is True
     core.read_namespaced_service_account(OPERATOR_SA, RELEASE_NS)
@@ -121,11 +122,18 @@ def test_install_creates_crds_and_objects(installed: Installed):
         rbac.read_cluster_role(f"{RELEASE}-operator")
     assert err.value.status == 404
     for ns in WATCHED:
+        assert rbac.read_namespaced_role(f"{RELEASE}-operator", ns).rules
         rbac.read_namespaced_role_binding(f"{RELEASE}-operator", ns)
         client.NetworkingV1Api(admin).read_namespaced_network_policy("kubesky-workers", ns)
+    assert rbac.read_cluster_role("kubesky-plan-author").rules
+    admission = client.AdmissionregistrationV1Api(admin)
+    assert admission.read_validating_admission_policy(f"{RELEASE}-operator-pods").spec.validations
+    binding = admission.read_validating_admission_policy_binding(f"{RELEASE}-worker-planrun-status")
+    assert binding.spec.validation_actions == ["Deny"]
     beamline = client.CustomObjectsApi(admin).get_namespaced_custom_object(
         GROUP, VERSION, "beamlines", "beamlines", "i22"
     )
+    assert beamline["spec"]["kafka"]["topic"] == "i22.bluesky.runengine.documents"
     assert {"name": "i22-plans"} in beamline["spec"]["plans"]["configMaps"]
     assert core.read_namespaced_config_map("i22-plans", "beamlines").data == {"i22_plans.py": PLANS_V1}
     assert "i22" in kc.kubectl("get", "kubesky", "-n", "beamlines").stdout  # the CRDs' category
@@ -147,20 +155,6 @@ def test_upgrade_rolls_out_a_plan_change(installed: Installed):
     assert core.read_namespaced_config_map("i22-plans", "beamlines").data == plans
     history = yaml.safe_load(kc.helm("history", RELEASE, "--namespace", RELEASE_NS, "-o", "yaml").stdout)
     assert [h["status"] for h in history] == ["superseded", "deployed"]
-
-
-def can_i(kc: ControlPlane, kubeconfig: Path, verb: str, resource: str, namespace: str | None) -> bool:
-    """`kubectl auth can-i` as the identity of `kubeconfig` (a SelfSubjectAccessReview);
-    `resource` may name a subresource: "planruns.kubesky.io/status"."""
-    resource, _, subresource = resource.partition("/")
-    args = [verb, resource]
-    if subresource:
-        args.append(f"--subresource={subresource}")
-    if namespace:
-        args += ["-n", namespace]
-    out = kc.kubectl("auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
-    assert out.stdout.strip() in ("yes", "no"), out.stderr
-    return out.stdout.strip() == "yes"
 
 
 # What the operator needs, in a watched namespace / cluster-wide.
@@ -217,7 +211,7 @@ def test_operator_service_account_least_privilege(installed: Installed, tmp_path
     as_operator_kc = kc.token_kubeconfig(token, tmp_path / "operator.kubeconfig")
 
     def ask(verb: str, resource: str, ns: str | None) -> bool:
-        return can_i(kc, as_operator_kc, verb, resource, ns)
+        return can_i(kc, [f"--kubeconfig={as_operator_kc}"], verb, resource, ns)
 
     assert [c for c in OPERATOR_MAY if not ask(*c)] == [], "the operator lacks what it needs"
     assert [c for c in OPERATOR_MAY_NOT if ask(*c)] == [], "the operator holds more than it needs"
@@ -242,13 +236,18 @@ def test_operator_service_account_least_privilege(installed: Installed, tmp_path
     for ns in ("beamlines", ELSEWHERE):
         admin_core.create_namespaced_secret(ns, {"metadata": {"name": "probe"}, "stringData": {"k": "v"}})
     assert core.read_namespaced_secret("probe", "beamlines").data
+    client.CustomObjectsApi(as_operator).list_namespaced_custom_object(
+        GROUP, VERSION, "beamlines", "planruns"
+    )
     denied = [
         lambda: core.read_namespaced_secret("probe", ELSEWHERE),
         lambda: core.list_namespaced_secret("beamlines"),
+        lambda: core.list_secret_for_all_namespaces(),
         lambda: core.delete_namespace(ELSEWHERE),
+        lambda: core.list_node(),
         lambda: core.delete_node("any"),
         lambda: rbac.create_cluster_role_binding(
-            _binding(f"{OPERATOR_SA}-admin", "ClusterRole", "cluster-admin")
+            role_binding(f"{OPERATOR_SA}-admin", "ClusterRole", "cluster-admin", RELEASE_NS, OPERATOR_SA)
         ),
         # No escalation through what it may create: a Role granting more than it holds, or a
         # RoleBinding to cluster-admin, is refused by the RBAC escalation check.
@@ -260,7 +259,7 @@ def test_operator_service_account_least_privilege(installed: Installed, tmp_path
             },
         ),
         lambda: rbac.create_namespaced_role_binding(
-            "beamlines", _binding("escalate", "ClusterRole", "cluster-admin")
+            "beamlines", role_binding("escalate", "ClusterRole", "cluster-admin", RELEASE_NS, OPERATOR_SA)
         ),
     ]
     for call in denied:
@@ -268,14 +267,6 @@ def test_operator_service_account_least_privilege(installed: Installed, tmp_path
             call()
         assert err.value.status == 403, err.value.body
     assert ELSEWHERE in [n.metadata.name for n in admin_core.list_namespace().items]
-
-
-def _binding(name: str, kind: str, role: str, namespace: str = RELEASE_NS, sa: str = OPERATOR_SA) -> dict:
-    return {
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
-    }
 
 
 def _planrun(name: str) -> dict[str, Any]:
@@ -348,10 +339,10 @@ def test_worker_identity_granted_by_the_operator(installed: Installed, tmp_path:
             call()
         assert err.value.status == 403, err.value.body
     for verb, resource, ns in [("delete", "planruns.kubesky.io", "beamlines"), ("list", "pods", "beamlines")]:
-        assert not can_i(kc, worker_kc, verb, resource, ns)
+        assert not can_i(kc, [f"--kubeconfig={worker_kc}"], verb, resource, ns)
     assert custom.get_namespaced_custom_object(GROUP, VERSION, "beamlines", "beamlines", "i22")
-    assert can_i(kc, worker_kc, "patch", "planruns.kubesky.io/status", "beamlines")
-    assert not can_i(kc, worker_kc, "patch", "planruns.kubesky.io/status", "lab")
+    assert can_i(kc, [f"--kubeconfig={worker_kc}"], "patch", "planruns.kubesky.io/status", "beamlines")
+    assert not can_i(kc, [f"--kubeconfig={worker_kc}"], "patch", "planruns.kubesky.io/status", "lab")
 
 
 def test_uninstall_keeps_the_crds(installed: Installed):

@@ -1,12 +1,17 @@
-"""What the chart renders, checked against the code that consumes it: the operator's own argument
-parser reads the Deployment's args, the worker labels come from the operator's resource renderer,
-and every selector in the chart selects what it is meant to (helm only; no server needed)."""
+"""What the chart renders, checked against the code that consumes it (helm only; no server
+needed): the operator's own argument parser reads the Deployment's args and environment (ports,
+probes, watched namespaces, allow-lists, the webhook's certificate), the worker labels and ports
+come from the operator's resource renderer, every selector selects what it is meant to, the
+operator's RBAC is scoped to what it watches and its rules are exactly the calls it makes, the user
+roles grant what they say, the toggles turn their objects off, plan sources are kept byte for byte,
+and the CRDs rendered and packaged are the repository's.
+
+Which objects the default and full values render, and the values the schema refuses, are
+test_chart's; the same RBAC enforced by a real apiserver is test_rbac's and test_chart_install's."""
 
 from __future__ import annotations
 
 import tarfile
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -14,37 +19,20 @@ from kubesky_operator import beamline_resources
 from kubesky_operator.api import BeamlineSpec
 from kubesky_operator.settings import OperatorSettings, load
 
-from tests.infra.services import REPO_ROOT, ControlPlane
+from tests.helpers.chart import CHART, FULL_VALUES, RELEASE_NS, Doc, one, render, values_file
+from tests.infra.services import REPO_ROOT
 
-CHART = REPO_ROOT / "charts" / "kubesky"
-FULL_VALUES = CHART / "ci" / "full-values.yaml"
 WEBHOOK = "kubesky-operator-webhook"
-RELEASE_NS = "kubesky-system"
-
-Doc = dict[str, Any]
-
-
-def render(cluster: ControlPlane, *args: str, chart: Path = CHART, release: str = "kubesky") -> list[Doc]:
-    out = cluster.helm("template", release, str(chart), "--namespace", RELEASE_NS, *args).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
-
-
-def values_file(cluster: ControlPlane, name: str, values: dict[str, Any]) -> str:
-    path = cluster.workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return str(path)
-
-
-def one(docs: list[Doc], kind: str, name: str | None = None, namespace: str | None = None) -> Doc:
-    found = [
-        d
-        for d in docs
-        if d["kind"] == kind
-        and (name is None or d["metadata"]["name"] == name)
-        and (namespace is None or d["metadata"].get("namespace") == namespace)
-    ]
-    assert len(found) == 1, f"{len(found)} {kind} {name or ''} rendered"
-    return found[0]
+# The one cluster-wide rule of an operator watching listed namespaces: its webhook configuration's
+# caBundle, by name.
+WEBHOOK_RULES = [
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingwebhookconfigurations"],
+        "resourceNames": [WEBHOOK],
+        "verbs": ["get", "patch"],
+    }
+]
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -152,12 +140,18 @@ def test_worker_port_reaches_operator_and_policy(cluster):
 
 def test_watched_namespaces(cluster):
     docs = render(cluster, "--set", "namespaces={beamlines,lab}")
+    default = render(cluster)
     assert operator_settings(one(docs, "Deployment")).namespaces == ["beamlines", "lab"]
     # Nothing of the operator is cluster-wide but its webhook configuration, by name: its rules are
-    # in a Role per namespace (kopf, given namespaces, does not follow the CRDs).
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"] == [WEBHOOK]
-    assert {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"} == {*USER_ROLES, WEBHOOK}
-    assert one(docs, "ClusterRole", WEBHOOK)["rules"][0]["resourceNames"] == [WEBHOOK]
+    # in a Role per namespace (kopf, given namespaces, does not follow the CRDs). By default too.
+    for rendered in (docs, default):
+        (binding,) = [d for d in rendered if d["kind"] == "ClusterRoleBinding"]
+        assert binding["metadata"]["name"] == WEBHOOK and binding["roleRef"]["name"] == WEBHOOK
+        assert {d["metadata"]["name"] for d in rendered if d["kind"] == "ClusterRole"} == {
+            *USER_ROLES,
+            WEBHOOK,
+        }
+        assert one(rendered, "ClusterRole", WEBHOOK)["rules"] == WEBHOOK_RULES
     # The webhook is sent the watched namespaces' objects only.
     for hook in one(docs, "ValidatingWebhookConfiguration", WEBHOOK)["webhooks"]:
         (expr,) = hook["namespaceSelector"]["matchExpressions"]
@@ -170,9 +164,9 @@ def test_watched_namespaces(cluster):
     assert not [d for d in no_webhook if WEBHOOK in d["metadata"]["name"]]
     assert "KUBESKY_WEBHOOK_PORT" not in str(one(no_webhook, "Deployment"))
     for ns in ("beamlines", "lab"):
-        assert one(docs, "Role", namespace=ns)["rules"]
+        assert one(docs, "Role", "kubesky-operator", ns)["rules"]
         assert one(docs, "RoleBinding", namespace=ns)["subjects"][0]["namespace"] == RELEASE_NS
-        one(docs, "NetworkPolicy", namespace=ns)
+        one(docs, "NetworkPolicy", "kubesky-workers", ns)
     assert not [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == RELEASE_NS]
     # The release namespace, not watched, holds only the workers' CA Secret for the operator.
     ca = one(docs, "Role", "kubesky-operator-worker-ca", RELEASE_NS)
@@ -182,8 +176,15 @@ def test_watched_namespaces(cluster):
     (expr,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
     assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["beamlines", "lab"]}
 
+    # The same from a values file: ci/full-values.yaml watches beamlines and lab.
+    full = render(cluster, "-f", str(FULL_VALUES))
+    got = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in full}
+    assert ("Role", "beamlines", "kubesky-operator") in got and ("Role", "lab", "kubesky-operator") in got
+    assert ("NetworkPolicy", "beamlines", "kubesky-workers") in got
+    args = one(full, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=beamlines" in args and "--namespace=lab" in args
+
     # By default: the release namespace only.
-    default = render(cluster)
     assert operator_settings(one(default, "Deployment")).namespaces == [RELEASE_NS]
     assert one(default, "Role", namespace=RELEASE_NS)["rules"]
     assert not [
@@ -308,8 +309,7 @@ def test_user_roles(cluster):
 
 
 def test_admission_policies_can_be_turned_off(cluster):
-    kinds = {d["kind"] for d in render(cluster)}
-    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+    # On by default: test_chart.test_default_render names each policy and its binding.
     off = {d["kind"] for d in render(cluster, "--set", "admissionPolicies.enabled=false")}
     assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & off
 
@@ -331,6 +331,12 @@ def test_allow_lists_reach_the_operator(cluster):
     default = operator_settings(one(render(cluster), "Deployment"))
     assert default.allowed_worker_images == default.allowed_worker_service_accounts == []
     assert default.allowed_endpoint_hosts == []
+    # From a values file, as the environment the operator reads them from.
+    full = one(render(cluster, "-f", str(FULL_VALUES)), "Deployment")
+    env = {e["name"]: e.get("value") for e in full["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBESKY_ALLOWED_WORKER_IMAGES"] == "registry.example.org/i22/worker,registry.example.org/lab/"
+    assert env["KUBESKY_ALLOWED_WORKER_SERVICE_ACCOUNTS"] == "i22-instrument"
+    assert env["KUBESKY_ALLOWED_ENDPOINT_HOSTS"] == "i22-ws1.example.org,lab-bench.example.org"
 
 
 # Plan sources whose bytes a naive block-scalar template would change: leading indentation,
@@ -370,18 +376,18 @@ def test_beamline_plans_kept_byte_for_byte(cluster):
     assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "i23-plans"]
 
 
-def test_beamline_outside_watched_namespaces_fails(cluster):
-    values = {"namespaces": ["beamlines"], "beamlines": [{"name": "i22", "namespace": "lab"}]}
-    out = cluster.helm(
-        "template", "kubesky", str(CHART), "-f", values_file(cluster, "unwatched", values), check=False
-    )
-    assert out.returncode != 0
-    assert 'beamlines[0] (i22) is in namespace "lab", which the operator does not watch' in out.stderr
-
-
 def test_packaged_chart_carries_the_crds(cluster, tmp_path):
-    """crds/ is a symlink to the repository's crds/: `helm package` must put the files themselves
-    in the archive, and the archive must render and install like the directory."""
+    """crds/ is a symlink to the repository's crds/: the chart renders the repository's CRDs,
+    `helm package` must put the files themselves in the archive, and the archive must render and
+    install like the directory."""
+    rendered = render(cluster, "--include-crds")
+    crd_files = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+        for p in (REPO_ROOT / "crds").glob("*.yaml")
+    }
+    for d in rendered:
+        if d["kind"] == "CustomResourceDefinition":
+            assert d == crd_files[d["metadata"]["name"]]
     out = cluster.helm("package", str(CHART), "--destination", str(tmp_path))
     (archive,) = tmp_path.glob("kubesky-*.tgz")
     assert str(archive) in out.stdout
@@ -393,7 +399,7 @@ def test_packaged_chart_carries_the_crds(cluster, tmp_path):
             extracted = tar.extractfile(member)
             assert extracted is not None and extracted.read() == crd.read_bytes()
         assert "kubesky/values.schema.json" in members
-    assert render(cluster, "--include-crds", chart=archive) == render(cluster, "--include-crds")
+    assert render(cluster, "--include-crds", chart=archive) == rendered
 
 
 def test_webhook_certificate_from_cert_manager(cluster):

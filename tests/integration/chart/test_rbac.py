@@ -23,12 +23,12 @@ from kubesky_operator import beamline_resources
 from kubesky_operator.api import GROUP, VERSION, BeamlineSpec
 from kubesky_operator.plan_rollout import NUDGE_ANNOTATION
 
+from tests.helpers.chart import CHART, RELEASE_NS, can_i, role_binding
 from tests.helpers.operator_process import request_token
-from tests.infra.services import REPO_ROOT, ControlPlane
+from tests.infra.services import ControlPlane
 
-CHART = REPO_ROOT / "charts" / "kubesky"
 RELEASE = "kubesky"
-NS = "kubesky-system"  # the release namespace: with default values, the one the operator watches
+NS = RELEASE_NS  # the release namespace: with default values, the one the operator watches
 ELSEWHERE = "kube-system"  # a namespace it does not watch
 OPERATOR_SA = "kubesky-operator"
 OPERATOR_USER = f"system:serviceaccount:{NS}:{OPERATOR_SA}"
@@ -84,7 +84,7 @@ def _wait_for_policies(inst: Installed) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, "planruns", _planrun("policy-probe", "nobody"))
     admin_core.create_namespaced_service_account(NS, {"metadata": {"name": "probe-worker"}})
     client.RbacAuthorizationV1Api(inst.admin()).create_namespaced_role_binding(
-        NS, _binding("probe-worker", "ClusterRole", "kubesky-planrun-submitter", NS, "probe-worker")
+        NS, role_binding("probe-worker", "ClusterRole", "kubesky-planrun-submitter", NS, "probe-worker")
     )
     deadline = time.monotonic() + 60
     for probe in (
@@ -130,14 +130,6 @@ def _planrun(name: str, beamline: str) -> dict[str, Any]:
     }
 
 
-def _binding(name: str, kind: str, role: str, namespace: str, sa: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
-    }
-
-
 def denied(call: Callable[[], Any], by_policy: str | None = None) -> str:
     """`call` is refused with 403; by the named admission policy, or else by RBAC. Returns the message."""
     with pytest.raises(ApiException) as err:
@@ -148,19 +140,6 @@ def denied(call: Callable[[], Any], by_policy: str | None = None) -> str:
     else:
         assert "ValidatingAdmissionPolicy" not in err.value.body, err.value.body
     return err.value.body
-
-
-def can_i(cp: ControlPlane, who: list[str], verb: str, resource: str, namespace: str | None) -> bool:
-    """`kubectl auth can-i` for `who` (--kubeconfig=... or --as=...); `resource` may name a
-    subresource: "planruns.kubesky.io/status"."""
-    resource, _, subresource = resource.partition("/")
-    args = [*who, "auth", "can-i", verb, resource]
-    if subresource:
-        args.append(f"--subresource={subresource}")
-    args += ["-n", namespace] if namespace else []
-    out = cp.kubectl(*args, check=False)
-    assert out.stdout.strip() in ("yes", "no"), out.stderr
-    return out.stdout.strip() == "yes"
 
 
 def test_admission_policies_are_served_and_installed(installed: Installed):
@@ -442,7 +421,7 @@ def test_operator_applies_worker_objects_and_cannot_escalate(installed: Installe
     denied(lambda: rbac.create_cluster_role({"metadata": {"name": "kubesky-wider"}, "rules": []}))
     denied(
         lambda: rbac.create_cluster_role_binding(
-            _binding("kubesky-admin", "ClusterRole", "cluster-admin", NS, OPERATOR_SA)
+            role_binding("kubesky-admin", "ClusterRole", "cluster-admin", NS, OPERATOR_SA)
         )
     )
     wider = {
@@ -454,7 +433,7 @@ def test_operator_applies_worker_objects_and_cannot_escalate(installed: Installe
     )
     denied(
         lambda: rbac.create_namespaced_role_binding(
-            NS, _binding("admin", "ClusterRole", "cluster-admin", NS, OPERATOR_SA)
+            NS, role_binding("admin", "ClusterRole", "cluster-admin", NS, OPERATOR_SA)
         )
     )
     admission = client.AdmissionregistrationV1Api(installed.operator())
@@ -499,7 +478,7 @@ def test_worker_writes_only_its_own_beamlines_planruns(installed: Installed):
     # Another <beamline>-worker ServiceAccount holding the same Role: still only its own beamline.
     client.CoreV1Api(admin).create_namespaced_service_account(NS, {"metadata": {"name": "i23-worker"}})
     client.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(
-        NS, _binding("i23-worker", "Role", WORKER_SA, NS, "i23-worker")
+        NS, role_binding("i23-worker", "Role", WORKER_SA, NS, "i23-worker")
     )
     other = client.CustomObjectsApi(installed.cp.api_client(installed.token_kubeconfig(NS, "i23-worker")))
     denied(
@@ -550,7 +529,7 @@ def test_user_roles_grant_what_they_say(installed: Installed):
     for role, name in sa.items():
         client.CoreV1Api(admin).create_namespaced_service_account(NS, {"metadata": {"name": name}})
         client.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(
-            NS, _binding(name, "ClusterRole", role, NS, name)
+            NS, role_binding(name, "ClusterRole", role, NS, name)
         )
     may = {
         "ann": SUBMITTER_MAY,
