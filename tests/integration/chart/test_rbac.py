@@ -4,7 +4,10 @@ operator watching the release namespace only) in a control plane of this module'
 ClusterRoles and admission policies are cluster-wide, so no other test sees them). The operator's
 and a worker's ServiceAccount tokens are used as they are in a cluster; the three user roles are
 bound to ServiceAccounts and used through `kubectl --as`. Pods are created directly (no kubelet:
-they stay Pending, which is all a patch needs)."""
+they stay Pending, which is all a patch needs).
+
+The same identities with the operator watching listed namespaces are test_chart_install's; the
+rules as rendered (exactly the operator's calls, the user roles' grants) are test_chart_render's."""
 
 from __future__ import annotations
 
