@@ -19,7 +19,7 @@ def _returns_generator(fn: Callable[..., Any]) -> bool:
     if ret is None:
         return False
     if isinstance(ret, str):
-        return "MsgGenerator" in ret or "Generator" in ret
+        return "Generator" in ret  # MsgGenerator too
     origin = typing.get_origin(ret) or ret
     return origin in (cabc.Generator, cabc.Iterator, cabc.Iterable)
 
@@ -42,9 +42,7 @@ def plans_of_module(module: types.ModuleType, defined_here: bool) -> dict[str, C
         if name.startswith("_"):
             continue
         obj = getattr(module, name, None)
-        if obj is None or (
-            not inspect.isfunction(inspect.unwrap(obj)) and not getattr(obj, "_is_plan_", False)
-        ):
+        if not inspect.isfunction(inspect.unwrap(obj)) and not getattr(obj, "_is_plan_", False):
             continue
         if defined_here and getattr(obj, "__module__", None) != module.__name__:
             continue

@@ -39,6 +39,10 @@ def unresolvable_annotation() -> "NoSuchModule.MsgGenerator":
     return iter(())
 
 
+def unresolvable_other() -> "NoSuchModule.Thing":
+    return iter(())
+
+
 def returns_int() -> int:
     return 1
 
@@ -90,6 +94,7 @@ callable_plan = CallablePlan()
 callable_not_plan = CallableNotPlan()
 generator_lambda = lambda: (yield)
 generator_expression_lambda = lambda: (x for x in ())
+partial_plan = functools.partial(generator_plan)  # no function: not served
 not_callable = 3
 nothing = None
 """
@@ -126,7 +131,8 @@ def test_imported_plans_count_only_for_installed_modules():
 
 
 def test_dunder_all_chooses_the_names():
-    module = module_of(SOURCE + "\n__all__ = ['generator_plan', 'returns_int', '_private_plan', 'count']\n")
+    names = ["generator_plan", "returns_int", "_private_plan", "count", "missing"]
+    module = module_of(SOURCE + f"\n__all__ = {names!r}\n")
     assert set(plans_of_module(module, defined_here=False)) == {"generator_plan", "count"}
     assert set(plans_of_module(module, defined_here=True)) == {"generator_plan"}
 
@@ -137,6 +143,7 @@ def test_is_plan_function():
     assert is_plan_function(module.wrapped_plan)  # the wrapper is not a generator; what it wraps is
     assert is_plan_function(module.callable_plan)
     assert not is_plan_function(module.returns_int)
+    assert not is_plan_function(module.unresolvable_other)
     assert not is_plan_function(module.unannotated)
     assert not is_plan_function(module.PlanLike)
     assert not is_plan_function(module.CallableNotPlan)  # a class, even one whose calls yield
