@@ -43,6 +43,7 @@ from .workerclient import WorkerAuthError, WorkerClient, WorkerUnreachable
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 60.0
+NOT_READY_REFRESH = 1.0  # seconds between looks at a worker not ready: notice it coming back quickly
 
 T = TypeVar("T")
 
@@ -165,7 +166,7 @@ class BeamlineMonitor:
                 await self._recreate_missing_worker_objects()
             interval = self.settings.beamline_refresh_seconds
             if not self.ready:
-                interval = min(interval, 1.0)  # notice a worker coming back quickly
+                interval = min(interval, NOT_READY_REFRESH)
             try:
                 await asyncio.wait_for(self._poke.wait(), interval)
             except TimeoutError:

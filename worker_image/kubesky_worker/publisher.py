@@ -35,6 +35,7 @@ from .runs import Run
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 3.0  # documents unacknowledged this long are reported as waiting for Kafka
+ROOM_RECHECK = 1.0  # the RunEngine held at the bound looks at the backlog again this often
 MAX_ROUND_RECORDS = 20000
 MAX_ROUND_BYTES = 16 * 1024 * 1024
 
@@ -125,7 +126,7 @@ class Publisher:
             )
             t0 = time.monotonic()
             while self.pending() > low and not self._stopping and not self._overflow:
-                self._room.wait(1.0)
+                self._room.wait(ROOM_RECHECK)
             self._blocked = False
             self.metrics.publish_blocked.set(0)
         log.warning("Kafka takes documents again: the RunEngine waited %.1f s", time.monotonic() - t0)

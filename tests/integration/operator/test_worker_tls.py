@@ -23,6 +23,7 @@ import pytest
 import yaml
 from cryptography import x509
 from kubesky_operator.api import GROUP, VERSION
+from kubesky_operator.beamline_monitor import NOT_READY_REFRESH
 from kubesky_operator.beamline_resources import labels as worker_pod_labels
 from kubesky_operator.worker_tls import CertificateAuthority, worker_dns_names
 
@@ -36,7 +37,6 @@ from .conftest import kubectl_apply, new_name, planrun_manifest, wait_for, wait_
 pytestmark = pytest.mark.timeout(240)
 
 CA_SECRET = "kubesky-worker-ca"
-MONITOR_LOOP_NOT_READY = 1.0  # seconds; BeamlineMonitor._loop while its worker is not ready
 
 
 class TLSWorkerProcess(WorkerProcess):
@@ -230,7 +230,7 @@ def test_in_cluster_beamline_gets_its_tls_secret_and_network_policy(
     # WORKER_OBJECTS_RESYNC from then, each run by the Beamline's monitor at its first loop after
     # it is due (a loop a second while the worker is not ready, as here: no kubelet): nothing
     # reissued.
-    time.sleep(2 * WORKER_OBJECTS_RESYNC + MONITOR_LOOP_NOT_READY)
+    time.sleep(2 * WORKER_OBJECTS_RESYNC + NOT_READY_REFRESH)
     assert secret_data(cluster, OPERATOR_NAMESPACE, CA_SECRET) == ca_data
     assert secret_data(cluster, namespace, "tls-worker-tls") == current
 

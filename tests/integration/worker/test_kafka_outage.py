@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 import yaml
 from kubesky_worker.logs import limit_library_logs
+from kubesky_worker.publisher import ROOM_RECHECK
 
 from tests.helpers.beamlines import external_beamline
 from tests.helpers.eventually import eventually
@@ -46,8 +47,6 @@ def _pending(c) -> float:
 
 
 BOUND = 100
-# The RunEngine held at the bound looks at the backlog again this often (publisher._wait_for_room).
-ROOM_RECHECK = 1.0
 # aiokafka's repeated lines pass once per message every this many seconds (kubesky_worker.logs).
 LOG_INTERVAL = inspect.signature(limit_library_logs).parameters["interval"].default
 
