@@ -251,15 +251,29 @@ def test_from_body_reads_every_field_the_operator_decides_on() -> None:
     assert v.keep and v.run_key == "nightly-1"
     assert v.dropped_nulls == ("params.num",)  # a waiting run: the dispatcher refuses it (NullDropped)
 
-    other = RunView.from_body(
-        {
-            **body("s", labels={KEEP_LABEL: "false", RUN_KEY_LABEL: ""}, annotations={LAST_APPLIED: applied}),
-            "status": {"phase": "Running"},
-        }
-    )
+    other = RunView.from_body(body("s", labels={KEEP_LABEL: "false", RUN_KEY_LABEL: ""}))
     assert not other.deleting and not other.keep and other.run_key is None
     assert other.timeout_seconds is None and other.ttl_seconds_after_finished is None
-    assert other.dropped_nulls == ()  # only a run not yet dispatched is decided on by it
+    assert other.dropped_nulls == ()
+
+
+@pytest.mark.parametrize(
+    ("phase", "decided"),
+    [
+        (None, True),
+        ("Pending", True),
+        ("Queued", True),
+        ("Dispatched", False),
+        ("Running", False),
+        ("Failed", False),
+    ],
+)
+def test_dropped_nulls_are_read_only_for_a_run_not_yet_dispatched(phase: str | None, decided: bool) -> None:
+    applied = '{"spec": {"beamline": "bl", "plan": "count", "params": {"num": null, "delay": 1}}}'
+    manifest = body("r", spec={"params": {"delay": 1}}, annotations={LAST_APPLIED: applied})
+    if phase is not None:
+        manifest["status"] = {"phase": phase}
+    assert RunView.from_body(manifest).dropped_nulls == (("params.num",) if decided else ())
 
 
 def test_from_body_unknown_state_or_phase() -> None:
