@@ -3,6 +3,7 @@
     .venv/bin/python tools/mutation.py              # a fresh run, then the table
     .venv/bin/python tools/mutation.py --score      # the table of the last run again
     .venv/bin/python tools/mutation.py --survivors  # ... with the diff of every surviving mutant
+    .venv/bin/python tools/mutation.py '*[05]'      # a sample: the mutants whose number ends in 0 or 5
 
 The modules mutated are pyproject.toml's [tool.mutmut] only_mutate, and only there. mutmut imports
 a mutated module under the name its path gives (src/ stripped), so it runs in build/mutation: a
@@ -11,11 +12,11 @@ chart, docs) where src/<package> stands for the package's directory (setuptools'
 operator/, worker_image/, cli/). mutmut puts mutants/src first on sys.path, ahead of the editable
 install; each mutant runs the unit tests that called the mutated function (tests/unit only).
 
-The score of a module is killed / (total - equivalent - skipped): a timeout counts as killed, a
-mutant no test reached ("no tests") as survived. Equivalent mutants (no behaviour can tell them
-from the code) are listed with the reason in tools/mutation_equivalents.toml, each by its function
-and its changed lines, so a renumbering of mutmut's mutants does not move them; an entry that
-matches no mutant any more is reported as stale.
+The score of a module is killed / (total - equivalent - skipped - not run): a timeout counts as
+killed, a mutant no test reached ("no tests") as survived; "not run" are those a sample left out.
+Equivalent mutants (no behaviour can tell them from the code) are listed with the reason in
+tools/mutation_equivalents.toml, each by its function and its changed lines, so a renumbering of
+mutmut's mutants does not move them; an entry that matches no mutant any more is reported as stale.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ NOT_COPIED = {
 }
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code), folded into the table's columns.
-KILLED, TIMEOUT, SURVIVED, NO_TESTS, SKIPPED, OTHER = (
+KILLED, TIMEOUT, SURVIVED, NO_TESTS, SKIPPED, OTHER, NOT_RUN = (
     "killed",
     "timeout",
     "survived",
     "no tests",
     "skipped",
     "other",
+    "not run",
 )
 STATUS = {1: KILLED, 3: KILLED, 0: SURVIVED, 5: NO_TESTS, 33: NO_TESTS, 34: SKIPPED, 36: TIMEOUT}
 STATUS |= {code: TIMEOUT for code in (-24, 24, 152, 255)}
@@ -140,7 +142,7 @@ def score(config: dict, *, survivors: bool) -> int:
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         counts: Counter = Counter(total=len(codes))
         for name, code in sorted(codes.items()):
-            status = STATUS.get(code, OTHER) if code is not None else OTHER
+            status = STATUS.get(code, OTHER) if code is not None else NOT_RUN
             if status in (SURVIVED, NO_TESTS, OTHER):
                 diff = get_diff_for_mutant(name, path=source)
                 function = name.rpartition("__mutmut_")[0]
@@ -156,27 +158,29 @@ def score(config: dict, *, survivors: bool) -> int:
         rows.append((source.removeprefix("src/"), counts))
 
     def line(name: str, c: Counter) -> str:
-        scored = c["total"] - c["equivalent"] - c[SKIPPED]
+        scored = c["total"] - c["equivalent"] - c[SKIPPED] - c[NOT_RUN]
         detected = c[KILLED] + c[TIMEOUT]
         pct = f"{100 * detected / scored:5.1f}%" if scored else "    -"
         undetected = c[SURVIVED] + c[NO_TESTS] + c[OTHER]
         return (
             f"{name:36} {c[KILLED]:6} {c[TIMEOUT]:7} {undetected:8} {c['equivalent']:10} "
-            f"{c[SKIPPED]:7} {c['total']:5}  {pct}"
+            f"{c[SKIPPED]:7} {c[NOT_RUN]:7} {c['total']:5}  {pct}"
         )
 
     print()
     print(
-        f"{'module':36} {'killed':>6} {'timeout':>7} {'survived':>8} {'equivalent':>10} {'skipped':>7} {'total':>5}  score"
+        f"{'module':36} {'killed':>6} {'timeout':>7} {'survived':>8} {'equivalent':>10} {'skipped':>7} {'not run':>7} {'total':>5}  score"
     )
     total: Counter = Counter()
     for name, counts in rows:
         print(line(name, counts))
         total.update(counts)
     print(line("all", total))
-    print("score = (killed + timeout) / (total - equivalent - skipped); survived includes 'no tests'")
+    print(
+        "score = (killed + timeout) / (total - equivalent - skipped - not run); survived includes 'no tests'"
+    )
     for e in equivalents:
-        if not e.matched:
+        if not e.matched and not total[NOT_RUN]:
             print(f"mutation: stale entry in {EQUIVALENTS.name}: {e.function}: {e.change!r}", file=sys.stderr)
     if left:
         print(f"\n{len(left)} surviving mutants (`cd build/mutation && mutmut show NAME`):")
@@ -192,6 +196,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--score", action="store_true", help="print the table of the last run, do not run")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants run at once")
+    parser.add_argument(
+        "mutants",
+        nargs="*",
+        help="run only these mutmut mutant names or globs, e.g. 'kubesky_operator.queue.*', or '*[05]' for "
+        "about one mutant in five (the others count as not run)",
+    )
     args = parser.parse_args(argv)
     project = pyproject()
     config = project["tool"]["mutmut"]
@@ -200,7 +210,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         mutmut = Path(sys.executable).with_name("mutmut")
         done = subprocess.run(
-            [str(mutmut), "run", f"--max-children={args.max_children}"], cwd=STAGE, check=False
+            [str(mutmut), "run", f"--max-children={args.max_children}", *args.mutants], cwd=STAGE, check=False
         )
         print(f"mutation: mutmut ran {time.monotonic() - started:.0f} s (exit {done.returncode})")
         if done.returncode != 0:
