@@ -3,9 +3,11 @@ refused, and the `*args` each form becomes."""
 
 from __future__ import annotations
 
+import inspect
+
 import bluesky.plans as bp
 import pytest
-from kubesky_worker.plan_axes import axis_args, axis_fields, axis_form_errors, axis_shape
+from kubesky_worker.plan_axes import AXIS_SHAPES, axis_args, axis_fields, axis_form_errors, axis_shape
 from pydantic import TypeAdapter, ValidationError
 
 SCAN = ("motor", "start", "stop")
@@ -24,6 +26,16 @@ def test_axis_shape_only_for_bluesky_plans_with_star_args():
     assert axis_shape(scan, True, ()) == ()
 
 
+@pytest.mark.parametrize("name", sorted(AXIS_SHAPES))
+def test_every_shape_names_a_bluesky_plan_taking_star_args(name):
+    plan = getattr(bp, name)
+    kinds = [p.kind for p in inspect.signature(plan).parameters.values()]
+    assert inspect.Parameter.VAR_POSITIONAL in kinds
+    assert axis_shape(plan, True, ()) == AXIS_SHAPES[name]
+    shape = AXIS_SHAPES[name]
+    assert shape[0] == "motor" and list(axis_fields(name, shape)) == [*shape, "axes"]  # typed elements
+
+
 @pytest.mark.parametrize("taken", ["motor", "stop", "axes"])
 def test_axis_shape_yields_to_a_parameter_of_the_same_name(taken):
     assert axis_shape(bp.scan, True, {taken, "detectors"}) == ()
@@ -34,7 +46,15 @@ def test_axis_fields():
     assert list(fields) == [*SCAN, "axes"]
     assert all(info.default is None for _, info in fields.values())
     assert fields["axes"][1].description == "Several axes, each {motor, start, stop}."
+    assert (
+        fields["motor"][1].description == "Axis to move (device name); single-axis form of the plan's *args."
+    )
     axes = TypeAdapter(fields["axes"][0])
+    axis_schema = axes.json_schema()["$defs"]["scan_axis"]
+    assert axis_schema["additionalProperties"] is False and axis_schema["required"] == list(SCAN)
+    # in a list of axes, no "single-axis form"
+    assert axis_schema["properties"]["motor"]["description"] == "Axis to move (device name)"
+    assert axis_schema["properties"]["start"]["description"] == "First position of the axis."
     [axis] = axes.validate_python([{"motor": "x", "start": 0, "stop": 1}])
     assert (axis.motor, axis.start, axis.stop) == ("x", 0.0, 1.0)
     with pytest.raises(ValidationError):
