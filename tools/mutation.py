@@ -163,13 +163,13 @@ def score(config: dict, *, survivors: bool) -> int:
         pct = f"{100 * detected / scored:5.1f}%" if scored else "    -"
         undetected = c[SURVIVED] + c[NO_TESTS] + c[OTHER]
         return (
-            f"{name:36} {c[KILLED]:6} {c[TIMEOUT]:7} {undetected:8} {c['equivalent']:10} "
+            f"{name:42} {c[KILLED]:6} {c[TIMEOUT]:7} {undetected:8} {c['equivalent']:10} "
             f"{c[SKIPPED]:7} {c[NOT_RUN]:7} {c['total']:5}  {pct}"
         )
 
     print()
     print(
-        f"{'module':36} {'killed':>6} {'timeout':>7} {'survived':>8} {'equivalent':>10} {'skipped':>7} {'not run':>7} {'total':>5}  score"
+        f"{'module':42} {'killed':>6} {'timeout':>7} {'survived':>8} {'equivalent':>10} {'skipped':>7} {'not run':>7} {'total':>5}  score"
     )
     total: Counter = Counter()
     for name, counts in rows:
