@@ -183,7 +183,6 @@ def build_plan_entry(name: str, func: Callable[..., Any], module: str) -> PlanEn
         fields.update(axis_fields(name, shape))
     config = ConfigDict(
         extra="allow" if var_keyword else "forbid",
-        arbitrary_types_allowed=True,
         validate_by_alias=True,
         validate_by_name=False,
         title=name,
