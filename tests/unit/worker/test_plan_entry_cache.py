@@ -61,8 +61,8 @@ def test_type_from_changed_sibling_rebuilds(tmp_path):
     assert "slow" in str(second.info().parameters)
 
 
-def plan_from(source: str, name: str = "wait"):
-    namespace: dict = {"__name__": "p"}
+def plan_from(source: str, name: str = "wait", module: str = "p"):
+    namespace: dict = {"__name__": module}
     exec(source, namespace)
     return namespace[name]
 
@@ -112,3 +112,14 @@ def test_full_cache_starts_over(empty_cache, monkeypatch):
     cached_plan_entry("three", plan_from(V1), "p")  # full: cleared, then three
     assert len(plan_entry._ENTRY_CACHE) == 1
     assert cached_plan_entry("one", plan_from(V1), "p").model is not one.model
+
+
+def test_axis_forms_are_part_of_the_key(empty_cache):
+    """Only bluesky.plans' own `scan` gets the named axis forms, so a plan of that name with the same
+    signature and docstring elsewhere, or under another function name, is another entry."""
+    source = "def scan(detectors, *args, num=None):\n    yield from ()\n"
+    blueskys = cached_plan_entry("scan", plan_from(source, "scan", module="bluesky.plans"), "p")
+    assert blueskys.axis_shape == ("motor", "start", "stop")
+    assert cached_plan_entry("scan", plan_from(source, "scan"), "p").axis_shape == ()
+    renamed = plan_from(source.replace("def scan", "def step"), "step", module="bluesky.plans")
+    assert cached_plan_entry("scan", renamed, "p").axis_shape == ()

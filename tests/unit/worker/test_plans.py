@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import bluesky.plans as bp
 import pytest
@@ -15,6 +15,7 @@ from bluesky.protocols import Movable, Readable
 from kubesky_operator.api import PlanConfig
 from kubesky_worker.plan_entry import ParamError, build_plan_entry
 from kubesky_worker.plans import PlanManager, load_plan_set
+from pydantic import Field
 
 
 class Det:
@@ -61,6 +62,7 @@ def test_count_schema_and_validation():
         ({"detectors": ["ghost"]}, ["params", "detectors", 0], "value_error"),
         ({"detectors": ["x"]}, ["params", "detectors", 0], "value_error"),  # a motor is not Readable
         ({"detectors": ["det"], "per_shot": "f"}, ["params", "per_shot"], "unsupported"),
+        ({"detectors": ["det"], "p_num": 2}, ["params", "p_num"], "extra_forbidden"),  # by name only
     ],
 )
 def test_count_invalid(params, loc, type_):
@@ -232,6 +234,12 @@ def test_error_messages_name_the_plan_and_the_device():
         ("params", "detectors", 0): "unknown device 'ghost' (known devices: det, x)",
         ("params", "detectors", 1): "device 'x' is not Readable",
     }
+    with pytest.raises(ParamError) as info:
+        e.validate({"detectors": ["ghost"], "num": "x"}, DEVICES)
+    assert str(info.value) == (
+        "params.detectors.0: unknown device 'ghost' (known devices: det, x); "
+        "params.num: Input should be a valid integer, unable to parse string as an integer"
+    )
 
 
 def test_numpydoc_descriptions_reach_the_schema():
@@ -321,7 +329,7 @@ def test_parameters_without_json_form():
     }
 
 
-def optional_plan(a: float | None, b: int = None, c: Optional[int] = None, d: str = "x"):  # noqa: RUF013, UP045
+def optional_plan(a: float | None, b: int = None, c: Optional[int] = None, d: str = "x", e=None):  # noqa: RUF013, UP045
     yield from ()
 
 
@@ -330,6 +338,7 @@ def test_none_defaults_accept_null():
     assert e.info().parameters["required"] == ["a"]
     props = e.info().parameters["properties"]
     assert props["b"]["anyOf"] == [{"type": "integer"}, {"type": "null"}] and props["b"]["default"] is None
+    assert "anyOf" not in props["e"]  # untyped takes None already: not wrapped
     assert e.validate({"a": None, "b": None, "c": None}, DEVICES) == ([], {"a": None, "b": None, "c": None})
     assert e.validate({"a": 1, "b": 2}, DEVICES) == ([], {"a": 1.0, "b": 2})
     assert (["params", "a"], "missing") in errors(e, {})
@@ -365,5 +374,15 @@ def test_axis_forms_refused_together_and_only_for_bluesky_plans():
         yield from ()
 
     own = build_plan_entry("scan", scan, "beamline")
-    assert own.axis_shape == () and "motor" not in own.info().parameters["properties"]
+    assert own.axis_shape == () and set(own.info().parameters["properties"]) == {"detectors", "args", "num"}
     assert (["params", "motor"], "extra_forbidden") in errors(own, {"detectors": [], "motor": "x"})
+
+
+def constrained_plan(seconds: Annotated[float, Field(gt=0, description="how long")] = 1.0):
+    yield from ()
+
+
+def test_annotated_constraints_reach_the_model():
+    e = build_plan_entry("constrained_plan", constrained_plan, "m")
+    assert e.info().parameters["properties"]["seconds"]["exclusiveMinimum"] == 0
+    assert (["params", "seconds"], "greater_than") in errors(e, {"seconds": 0})
