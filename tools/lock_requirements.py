@@ -70,6 +70,7 @@ def closure(extra: str) -> dict[str, str]:
     todo = [Requirement(r) for r in (metadata.requires("kubesky") or [])]
     todo = [r for r in todo if r.marker is None or r.marker.evaluate({**env, "extra": extra})]
     pinned: dict[str, str] = {}
+    walked: set[tuple[str, str]] = set()  # (distribution, extra): "" for its plain requirements
     while todo:
         req = todo.pop()
         name = _norm(req.name)
@@ -82,15 +83,17 @@ def closure(extra: str) -> dict[str, str]:
                 if r.marker is not None and r.marker.evaluate({**env, "extra": extra_name})
             ]
             continue
-        if name in pinned:
+        # A distribution reached again with an extra not walked yet (rich needs markdown-it-py,
+        # textual markdown-it-py[linkify]) brings that extra's requirements too.
+        extras = [e for e in ("", *sorted(req.extras)) if (name, e) not in walked]
+        if not extras:
             continue
         dist = metadata.distribution(req.name)
         pinned[name] = dist.version
+        walked.update((name, e) for e in extras)
         for raw in dist.requires or []:
             sub = Requirement(raw)
-            active = sub.marker is None or any(
-                sub.marker.evaluate({**env, "extra": e}) for e in ("", *req.extras)
-            )
+            active = sub.marker is None or any(sub.marker.evaluate({**env, "extra": e}) for e in extras)
             if active:
                 todo.append(sub)
     return pinned

@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .plans import PlanManager
+from .engine import Engine
+from .plans import PlanManager
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import uuid
 
 import pytest
 from kubesky_operator.api import PlanConfig
@@ -47,15 +48,19 @@ def test_changed_signature_or_doc_rebuilds(tmp_path):
 
 
 def test_type_from_changed_sibling_rebuilds(tmp_path):
+    # A module name of its own: the loader forgets the sibling modules of its own directories only,
+    # and a `modes` left in sys.modules by an earlier run of this test (mutmut runs the suite
+    # again in one process) would be imported instead.
+    modes = f"modes_{uuid.uuid4().hex[:8]}"
     sibling = "import enum\n\nclass Mode(enum.Enum):\n    FAST = 'fast'\n"
     plan = (
-        "from bluesky.utils import MsgGenerator\nimport bluesky.plan_stubs as bps\nfrom modes import Mode\n\n\n"
+        f"from bluesky.utils import MsgGenerator\nimport bluesky.plan_stubs as bps\nfrom {modes} import Mode\n\n\n"
         "def go(mode: Mode = Mode.FAST) -> MsgGenerator:\n    yield from bps.null()\n"
     )
-    project(tmp_path, {"modes.py": sibling, "go.py": plan})
+    project(tmp_path, {f"{modes}.py": sibling, "go.py": plan})
     cfg = PlanConfig(directories=[str(tmp_path)])
     first = load_plan_set(cfg).plans["go"]
-    project(tmp_path, {"modes.py": sibling + "    SLOW = 'slow'\n", "go.py": plan})
+    project(tmp_path, {f"{modes}.py": sibling + "    SLOW = 'slow'\n", "go.py": plan})
     second = load_plan_set(cfg).plans["go"]
     assert second.model is not first.model
     assert "slow" in str(second.info().parameters)
