@@ -51,39 +51,45 @@ class PlanRunWrites:
         body = dict(patch)
         if precondition and run.resource_version >= 0:
             body["metadata"] = {"resourceVersion": str(run.resource_version)}
+        # A conflict: changed meanwhile, decide again on the fresh object.
+        return await self._merge_status(run, body, conflict_retry=0.05, failed="status of %s/%s not written")
+
+    async def dispatched(self, run: RunView, endpoint: str) -> bool:
+        """Write Dispatched, over the resourceVersion the decision was made on: never over a
+        newer phase. True when written. Any failure of the call leaves the run for the next pass."""
+        body = dispatched(run, endpoint)
+        body["metadata"] = {"resourceVersion": str(run.resource_version)}
+        # A conflict: the watch brings the newer object soon; decide again on it.
+        return await self._merge_status(
+            run,
+            body,
+            conflict_retry=0.02,
+            failed="could not mark %s/%s Dispatched",
+            other_errors=(Exception,),
+        )
+
+    async def _merge_status(
+        self,
+        run: RunView,
+        body: dict[str, Any],
+        *,
+        conflict_retry: float,
+        failed: str,
+        other_errors: tuple[type[Exception], ...] = (),
+    ) -> bool:
         try:
             result = await self.api.merge_patch(status_path(run), body)
         except ApiError as exc:
             if exc.status == 404:
                 self.ledger.forget_run(run.namespace, run.name, run.uid)
             elif exc.status == 409:
-                self._retry_in(0.05)  # changed meanwhile: decide again on the fresh object
+                self._retry_in(conflict_retry)
             else:
-                log.warning("status of %s/%s not written: %s", run.namespace, run.name, exc)
+                log.warning(failed + ": %s", run.namespace, run.name, exc)
                 self._retry_in(1.0)
             return False
-        API_WRITES.labels("status").inc()
-        self.ledger.observe_run(result)
-        return True
-
-    async def dispatched(self, run: RunView, endpoint: str) -> bool:
-        """Write Dispatched, over the resourceVersion the decision was made on: never over a
-        newer phase. True when written."""
-        try:
-            patch = dispatched(run, endpoint)
-            patch["metadata"] = {"resourceVersion": str(run.resource_version)}
-            result = await self.api.merge_patch(status_path(run), patch)
-        except ApiError as exc:
-            if exc.status == 404:
-                self.ledger.forget_run(run.namespace, run.name, run.uid)
-            elif exc.status == 409:
-                self._retry_in(0.02)  # the watch brings the newer object; decide again on it
-            else:
-                log.warning("could not mark %s/%s Dispatched: %s", run.namespace, run.name, exc)
-                self._retry_in(1.0)
-            return False
-        except Exception as exc:
-            log.warning("could not mark %s/%s Dispatched: %r", run.namespace, run.name, exc)
+        except other_errors as exc:
+            log.warning(failed + ": %r", run.namespace, run.name, exc)
             self._retry_in(1.0)
             return False
         API_WRITES.labels("status").inc()
