@@ -242,10 +242,7 @@ class ActiveRuns:
         """A deleted active run: abort it on the worker (again every 2 s while it lasts), then let
         the deletion finish by removing the finalizer."""
         now = time.monotonic()
-        note = self.notes(run.uid)
-        if note.abort_sent is None:
-            note.abort_sent = now
-        first = note.abort_sent
+        first = self.notes.abort_started(run.uid, now)
         record: Any = _LOST
         if client is not None:
             try:
@@ -276,10 +273,7 @@ class ActiveRuns:
         run fails with that reason and says its end is unknown: never WorkerLost for a run the
         worker may still be running."""
         now = time.monotonic()
-        note = self.notes(run.uid)
-        if note.abort_sent is None:
-            note.abort_sent = now
-        first = note.abort_sent
+        first = self.notes.abort_started(run.uid, now)
         message = f'Beamline "{run.beamline}" was deleted while the run was active'
         record: Any = _LOST
         if client is not None:
@@ -317,5 +311,4 @@ class ActiveRuns:
             self.schedule.retry_in(0.2)
             return
         if await self.writes.status(run, patch, precondition=True):
-            note.abort_sent = None
-            note.abort_last = None
+            self.notes.abort_ended(run.uid)

@@ -116,8 +116,7 @@ class BeamlineDispatcher:
         self._busy_backoff = 0.005
         self._t_dispatch = self._t_patched = 0.0
         self.deleting = False  # the Beamline is being deleted: drain, dispatch nothing
-        self.current_run: str | None = None
-        self._queue_view: QueueView | None = None
+        self._queue_view = QueueView()  # what this queue last published
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -182,7 +181,7 @@ class BeamlineDispatcher:
 
     def _next_timeout(self) -> float:
         timeout = 10.0
-        if self.current_run is not None or self.notes.aborting():
+        if self._queue_view.current_run is not None or self.notes.aborting():
             timeout = self.settings.active_poll_seconds
         retry_at = self.schedule.retry_at
         if retry_at is not None:
@@ -191,9 +190,8 @@ class BeamlineDispatcher:
 
     def _publish(self, current_run: str | None, queue_length: int | None = None) -> None:
         """What the Beamline's status shows of this queue (its monitor writes it)."""
-        self.current_run = current_run
         if queue_length is None:
-            queue_length = self._queue_view.queue_length if self._queue_view is not None else 0
+            queue_length = self._queue_view.queue_length
         self._queue_view = QueueView(current_run=current_run, queue_length=queue_length)
         self.store.queues[self.key] = self._queue_view
 

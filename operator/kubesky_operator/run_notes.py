@@ -29,6 +29,7 @@ class RunNote:
 class RunNotes:
     def __init__(self) -> None:
         self._notes: dict[str, RunNote] = {}
+        self._aborting: set[str] = set()  # uids whose abort_sent is set: asked on every pass
 
     def __call__(self, uid: str) -> RunNote:
         note = self._notes.get(uid)
@@ -38,7 +39,22 @@ class RunNotes:
 
     def forget(self, uid: str) -> None:
         self._notes.pop(uid, None)
+        self._aborting.discard(uid)
+
+    def abort_started(self, uid: str, now: float) -> float:
+        """The run is being aborted, since `now` unless it already was: since when."""
+        note = self(uid)
+        if note.abort_sent is None:
+            note.abort_sent = now
+            self._aborting.add(uid)
+        return note.abort_sent
+
+    def abort_ended(self, uid: str) -> None:
+        note = self._notes.get(uid)
+        if note is not None:
+            note.abort_sent = note.abort_last = None
+        self._aborting.discard(uid)
 
     def aborting(self) -> bool:
         """Some run is being aborted: the dispatcher passes again soon."""
-        return any(n.abort_sent is not None for n in self._notes.values())
+        return bool(self._aborting)
